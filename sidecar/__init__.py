@@ -1,0 +1,3 @@
+"""gatewatch sidecar: watches the prediction log for drift, accuracy and rollouts."""
+
+__all__: list[str] = []
