@@ -1,0 +1,78 @@
+"""The gateway's Starlette app: a factory, a lifespan that owns the shared state, error mapping."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.config import GatewayConfig, load_config
+from gateway.endpoints import ROUTES, json_response
+from gateway.errors import GatewayError, Overloaded
+from gateway.service import Gateway
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger("gatewatch.gateway")
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    gw: Gateway | None = getattr(request.state, "gateway", None)
+    if gw is not None and exc.status_code < 500:
+        gw.metrics.client_errors.labels(str(exc.status_code)).inc()
+    headers = {"retry-after": "1"} if isinstance(exc, Overloaded) else None
+    return json_response({"error": exc.message}, status=exc.status_code, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {
+        404: f"no such endpoint: {request.url.path[:200]}",
+        405: f"method {request.method} is not allowed here",
+    }
+    message = messages.get(exc.status_code, str(exc.detail))
+    return json_response(
+        {"error": message}, status=exc.status_code, headers=dict(exc.headers or {})
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return json_response({"error": f"internal error: {type(exc).__name__}"}, status=500)
+
+
+def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
+    gateway = Gateway(config, seed=seed)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        await gateway.start()
+        try:
+            yield {"gateway": gateway}
+        finally:
+            await gateway.stop()
+
+    return Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for uvicorn workers: the config path travels in GATEWATCH_CONFIG."""
+    path = os.environ.get("GATEWATCH_CONFIG") or None
+    seed = os.environ.get("GATEWATCH_SEED")
+    return create_app(load_config(path), seed=int(seed) if seed else None)

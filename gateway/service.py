@@ -1,0 +1,252 @@
+"""The gateway's service layer: pick a version, predict, log, mirror to shadows.
+
+Endpoints parse HTTP and render; everything here works on plain values, so the V2 and V1 APIs
+share one path. The request path does the least it can: the log record goes into an in-memory
+queue, shadow work into a bounded queue served by its own thread, metrics are counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, InvalidInput
+from gateway.loader import build_table
+from gateway.metrics import GatewayMetrics
+from gateway.models import Model, Prediction
+from gateway.predlog import PredictionLog
+from gateway.routing import Route, RoutingTable
+
+__all__ = ["Gateway", "Outcome", "PredictError"]
+
+log = logging.getLogger("gatewatch.gateway")
+
+_MAX_ID = 256
+
+
+class PredictError(GatewayError):
+    """The model itself failed; the caller gets a 500 that says so."""
+
+    status_code = 500
+
+
+@dataclass(slots=True)
+class Outcome:
+    model: Model
+    route: Route
+    prediction: Prediction
+    latency_ms: float
+
+
+def outputs_of(model: Model, prediction: Prediction) -> list[list[float]]:
+    if prediction.proba is not None:
+        return prediction.proba.tolist()  # type: ignore[no-any-return]
+    return [[v] for v in prediction.labels.tolist()] if model.task == "regression" else []
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, seed: int | None = None) -> None:
+        self.config = config
+        self.table = RoutingTable()
+        self.metrics = GatewayMetrics()
+        self.predlog = PredictionLog(config.log)
+        self.rng = random.Random(seed)
+        self.ready = False
+        self.last_reload: dict[str, Any] = {"at": None, "ok": None, "error": None}
+        self._shadow_queue: asyncio.Queue[tuple[Model, np.ndarray, str]] = asyncio.Queue(
+            maxsize=max(config.shadow_queue, 1)
+        )
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewatch-shadow")
+        self._shadow_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        table, report = await asyncio.to_thread(build_table, self.config, None)
+        for name, _version, _reason in report.refused:
+            self.metrics.load_failures.labels(name).inc()
+        self.table = table
+        self.last_reload = {"at": time.time(), "ok": True, "error": None}
+        self.metrics.mark_reload(True)
+        await self.predlog.start()
+        self._shadow_task = asyncio.create_task(self._shadow_worker())
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._shadow_task is not None:
+            self._shadow_task.cancel()
+            await asyncio.gather(self._shadow_task, return_exceptions=True)
+        self._shadow_pool.shutdown(wait=False, cancel_futures=True)
+        await self.predlog.close()
+
+    def choose(
+        self, name: str, version: int | None, headers: Mapping[str, str]
+    ) -> tuple[Model, Route]:
+        """The version that answers (pinned, canary or primary) under the current table."""
+        table = self.table
+        routes = table.routes(name)
+        sticky = headers.get(routes.sticky_header) if routes.sticky_header else None
+        return table.pick(name, version, sticky, self.rng)
+
+    def predict(self, model: Model, route: Route, X: np.ndarray, request_id: str) -> Outcome:
+        name = model.name
+        start = time.perf_counter()
+        try:
+            prediction = model.predict(X)
+        except Exception as exc:
+            latency = (time.perf_counter() - start) * 1000.0
+            self.metrics.predict_errors.labels(name, str(model.version)).inc()
+            self._log(
+                model, route, request_id, X, None, latency, 500, f"{type(exc).__name__}: {exc}"
+            )
+            log.exception("%s v%d failed to predict", name, model.version)
+            raise PredictError(
+                f"model {name} v{model.version} failed to predict: {type(exc).__name__}: {exc}"
+            ) from exc
+        latency = (time.perf_counter() - start) * 1000.0
+        self._log(model, route, request_id, X, prediction, latency, 200, None)
+        return Outcome(model, route, prediction, latency)
+
+    def mirror(self, name: str, X: np.ndarray, request_id: str) -> None:
+        """Queue the request for every shadow version; called once the answer is on its way."""
+        for shadow in self.table.shadows(name):
+            try:
+                self._shadow_queue.put_nowait((shadow, X, request_id))
+            except asyncio.QueueFull:
+                self.metrics.shadow_dropped.labels(name).inc()
+
+    async def _shadow_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            model, X, request_id = await self._shadow_queue.get()
+            start = time.perf_counter()
+            try:
+                prediction = await loop.run_in_executor(self._shadow_pool, model.predict, X)
+            except Exception as exc:
+                latency = (time.perf_counter() - start) * 1000.0
+                self.metrics.shadow_failed.labels(model.name, str(model.version)).inc()
+                self._log(
+                    model,
+                    "shadow",
+                    request_id,
+                    X,
+                    None,
+                    latency,
+                    500,
+                    f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            latency = (time.perf_counter() - start) * 1000.0
+            self._log(model, "shadow", request_id, X, prediction, latency, 200, None)
+
+    def _log(
+        self,
+        model: Model,
+        role: str,
+        request_id: str,
+        X: np.ndarray,
+        prediction: Prediction | None,
+        latency_ms: float,
+        status: int,
+        error: str | None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "id": request_id,
+            "ts": time.time(),
+            "model": model.name,
+            "version": model.version,
+            "role": role,
+            "inputs": X.tolist() if self.config.log.inputs == "full" else None,
+            "outputs": outputs_of(model, prediction) if prediction is not None else None,
+            "prediction": prediction.labels.tolist() if prediction is not None else None,
+            "latency_ms": round(latency_ms, 3),
+            "status": status,
+        }
+        if error is not None:
+            record["error"] = error
+        self.predlog.submit(record)
+
+    def predlog_counters(self) -> dict[str, int]:
+        log = self.predlog
+        names = ("written", "dropped", "sampled_out", "write_errors", "spilled", "replayed")
+        return {name: int(getattr(log, name)) for name in names}
+
+    def log_refusal(
+        self, model: Model, route: Route, request_id: str, status: int, error: str
+    ) -> None:
+        """A request refused before the model ran still leaves a record, with its status."""
+        self.predlog.submit(
+            {
+                "id": request_id,
+                "ts": time.time(),
+                "model": model.name,
+                "version": model.version,
+                "role": route,
+                "inputs": None,
+                "outputs": None,
+                "prediction": None,
+                "latency_ms": 0.0,
+                "status": status,
+                "error": error,
+            }
+        )
+
+    def feedback(self, items: Sequence[Any]) -> int:
+        """Validate every item first, so a bad list writes nothing and names the bad item."""
+        records = []
+        now = time.time()
+        for i, item in enumerate(items):
+            where = f"item {i}" if len(items) > 1 else "feedback"
+            if not isinstance(item, dict):
+                raise InvalidInput(f"{where}: must be an object with request_id and label")
+            unknown = set(item) - {"request_id", "label"}
+            if unknown:
+                raise InvalidInput(f"{where}: unknown keys {sorted(unknown)}")
+            rid = item.get("request_id")
+            if not isinstance(rid, str) or not rid or len(rid) > _MAX_ID:
+                raise InvalidInput(
+                    f"{where}: request_id must be a non-empty string of at most {_MAX_ID} characters"
+                )
+            if "label" not in item:
+                raise InvalidInput(f"{where}: label is missing")
+            label = item["label"]
+            _check_label(where, label)
+            records.append({"kind": "feedback", "id": rid, "ts": now, "label": label})
+        for record in records:
+            self.predlog.submit(record)
+        self.metrics.feedback.inc(len(records))
+        return len(records)
+
+
+def _check_label(where: str, label: Any, nested: bool = False) -> None:
+    if isinstance(label, bool):
+        return
+    if isinstance(label, int):
+        if abs(label) > 2**53:
+            raise InvalidInput(f"{where}: label {label} is too large")
+        return
+    if isinstance(label, float):
+        if label != label or label in (float("inf"), float("-inf")):
+            raise InvalidInput(f"{where}: label must be finite")
+        return
+    if isinstance(label, str):
+        if not label or len(label) > _MAX_ID:
+            raise InvalidInput(f"{where}: a string label has 1 to {_MAX_ID} characters")
+        return
+    if isinstance(label, list) and not nested:
+        if not label or len(label) > 10_000:
+            raise InvalidInput(f"{where}: a list of labels holds 1 to 10000 labels (one per row)")
+        for value in label:
+            _check_label(where, value, nested=True)
+        return
+    raise InvalidInput(
+        f"{where}: label must be a class label or a number (or a list of them, one per row)"
+    )

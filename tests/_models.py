@@ -1,0 +1,97 @@
+"""Small real models and registries for tests."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from gateway.cli import main as gatewatch
+
+N_FEATURES = 20
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+
+
+def make_data(
+    n: int = 2000, seed: int = 0, n_features: int = N_FEATURES
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(0.0, 1.0, size=(n, n_features))
+    w = np.linspace(-1.0, 1.0, n_features)
+    y = (X @ w + rng.normal(0.0, 0.5, size=n) > 0).astype(int)
+    return X, y
+
+
+def write_csv(path: Path, X: np.ndarray, y: np.ndarray, features: list[str] | None = None) -> Path:
+    features = features or [f"f{i}" for i in range(X.shape[1])]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*features, "label"])
+        for row, label in zip(X.tolist(), y.tolist(), strict=True):
+            w.writerow([*row, label])
+    return path
+
+
+def push_logreg(
+    registry: Path, work: Path, name: str = "churn", seed: int = 0, C: float = 1.0
+) -> int:
+    """Train a LogisticRegression on 20 features and push it with the real CLI; returns the version."""
+    X, y = make_data(seed=seed)
+    model = LogisticRegression(C=C, max_iter=500).fit(X, y)
+    artifact = work / f"{name}-{seed}-{C}.joblib"
+    joblib.dump(model, artifact)
+    data = write_csv(work / f"{name}-{seed}.csv", X, y)
+    before = (
+        sorted(int(p.name) for p in (registry / name).iterdir())
+        if (registry / name).exists()
+        else []
+    )
+    code = gatewatch(
+        [
+            "registry",
+            "--registry",
+            str(registry),
+            "push",
+            name,
+            "--model",
+            str(artifact),
+            "--train-data",
+            str(data),
+            "--target",
+            "label",
+        ]
+    )
+    assert code == 0
+    after = sorted(int(p.name) for p in (registry / name).iterdir())
+    return next(v for v in after if v not in before)
+
+
+def push_linreg(registry: Path, work: Path, name: str = "price") -> int:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(500, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 3.0
+    artifact = work / f"{name}.joblib"
+    joblib.dump(LinearRegression().fit(X, y), artifact)
+    data = write_csv(work / f"{name}.csv", X, y)
+    assert (
+        gatewatch(
+            [
+                "registry",
+                "--registry",
+                str(registry),
+                "push",
+                name,
+                "--model",
+                str(artifact),
+                "--train-data",
+                str(data),
+                "--target",
+                "label",
+            ]
+        )
+        == 0
+    )
+    return max(int(p.name) for p in (registry / name).iterdir())

@@ -1,0 +1,186 @@
+"""The gateway on a real uvicorn, driven by Triton's own HTTP client and the V1 API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.registry import read_manifest, version_dir
+from tests._server import run_server
+
+
+def _config(registry: Path, tmp_path: Path, extra: str = "") -> object:
+    return parse_config(
+        {"gateway": {"registry": str(registry)}, "log": {"dir": str(tmp_path / "predlog")}},
+        tmp_path,
+    )
+
+
+@pytest.fixture
+def server(registry: Path, tmp_path: Path) -> Iterator[str]:
+    with run_server(create_app(_config(registry, tmp_path))) as url:
+        yield url
+
+
+def _model(registry: Path, version: int) -> object:
+    return joblib.load(version_dir(registry, "churn", version) / "model.joblib")
+
+
+def test_triton_client_health_metadata(server: str) -> None:
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    try:
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready("churn")
+        assert client.is_model_ready("churn", "1")
+        assert not client.is_model_ready("nosuch")
+        meta = client.get_model_metadata("churn")
+        assert meta["name"] == "churn"
+        assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 20]}]
+        assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba"]
+        assert meta["outputs"][1]["shape"] == [-1, 2]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("binary_in", "binary_out"),
+    [
+        pytest.param(False, False, id="json-in-json-out"),
+        pytest.param(True, False, id="binary-in-json-out"),
+        pytest.param(False, True, id="json-in-binary-out"),
+        pytest.param(True, True, id="binary-in-binary-out"),
+    ],
+)
+def test_triton_infer_matches_predict_proba(
+    server: str, registry: Path, binary_in: bool, binary_out: bool
+) -> None:
+    x = np.random.default_rng(3).normal(size=(7, 20)).astype(np.float32)
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    try:
+        inp = triton.InferInput("input-0", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary_in)
+        outputs = [
+            triton.InferRequestedOutput("predict_proba", binary_data=binary_out),
+            triton.InferRequestedOutput("predict", binary_data=binary_out),
+        ]
+        result = client.infer("churn", [inp], outputs=outputs, request_id="abc-1")
+    finally:
+        client.close()
+    model = _model(registry, 2)
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), model.predict_proba(x), atol=1e-6)
+    assert result.as_numpy("predict").tolist() == model.predict(x).tolist()
+    response = result.get_response()
+    assert response["id"] == "abc-1"
+    assert response["model_version"] == "2"
+
+
+def test_pinned_version_and_headers(server: str, registry: Path) -> None:
+    x = np.random.default_rng(4).normal(size=(3, 20))
+    body = {
+        "inputs": [{"name": "input-0", "shape": [3, 20], "datatype": "FP64", "data": x.tolist()}]
+    }
+    r = httpx.post(f"{server}/v2/models/churn/versions/1/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-model-version"] == "1"
+    assert r.headers["x-route"] == "pinned"
+    assert r.headers["x-request-id"] == r.json()["id"]
+    proba = np.array(r.json()["outputs"][1]["data"]).reshape(3, 2)
+    np.testing.assert_allclose(proba, _model(registry, 1).predict_proba(x), atol=1e-9)
+    r = httpx.post(f"{server}/v2/models/churn/infer", json=body)
+    assert (r.headers["x-model-version"], r.headers["x-route"]) == ("2", "primary")
+
+
+def test_per_feature_inputs(server: str, registry: Path) -> None:
+    x = np.random.default_rng(5).normal(size=(4, 20))
+    inputs = [
+        {"name": f"f{i}", "shape": [4], "datatype": "FP64", "data": x[:, i].tolist()}
+        for i in range(20)
+    ]
+    r = httpx.post(
+        f"{server}/v2/models/churn/infer", json={"inputs": inputs, "outputs": [{"name": "predict"}]}
+    )
+    assert r.status_code == 200, r.text
+    assert [o["name"] for o in r.json()["outputs"]] == ["predict"]
+    assert r.json()["outputs"][0]["data"] == _model(registry, 2).predict(x).tolist()
+
+
+def test_v1_predict_and_models(server: str, registry: Path) -> None:
+    x = np.random.default_rng(6).normal(size=(5, 20))
+    r = httpx.post(f"{server}/v1/models/churn:predict", json={"instances": x.tolist()})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": _model(registry, 2).predict(x).tolist()}
+    assert r.headers["x-route"] == "primary"
+    r = httpx.post(f"{server}/v1/models/churn/versions/1:predict", json={"instances": x.tolist()})
+    assert r.json() == {"predictions": _model(registry, 1).predict(x).tolist()}
+    assert r.headers["x-route"] == "pinned"
+    named = [{f"f{i}": v for i, v in enumerate(row)} for row in x.tolist()]
+    r = httpx.post(f"{server}/v1/models/churn:predict", json={"instances": named})
+    assert r.json() == {"predictions": _model(registry, 2).predict(x).tolist()}
+    assert httpx.get(f"{server}/v1/models").json() == {"models": ["churn", "price"]}
+    assert httpx.get(f"{server}/v1/models/churn").json()["versions"] == [1, 2]
+
+
+def test_regression_model(server: str) -> None:
+    r = httpx.post(
+        f"{server}/v1/models/price:predict", json={"instances": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}
+    )
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["predictions"], [4.0, 1.0], atol=1e-9)
+    body = {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [1, 1, 1]}]}
+    out = httpx.post(f"{server}/v2/models/price/infer", json=body).json()["outputs"]
+    assert [o["name"] for o in out] == ["predict"]
+    assert out[0]["datatype"] == "FP64"
+    assert out[0]["data"] == pytest.approx([2.5])
+
+
+def test_server_metadata_and_metrics(server: str) -> None:
+    assert httpx.get(f"{server}/v2").json()["name"] == "gatewatch"
+    assert httpx.get(f"{server}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server}/v2/health/ready").json() == {"ready": True}
+    body = {
+        "inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [0.0] * 20}]
+    }
+    assert httpx.post(f"{server}/v2/models/churn/infer", json=body).status_code == 200
+    text = httpx.get(f"{server}/metrics").text
+    assert (
+        'gatewatch_requests_total{model="churn",route="primary",status="200",version="2"} 1.0'
+        in text
+    )
+    assert "gatewatch_model_load_failures_total" in text
+    assert "gatewatch_in_flight" in text
+    assert "gatewatch_predlog_dropped_total 0.0" in text
+
+
+def test_tampered_artifact_is_refused_others_serve(
+    registry: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = read_manifest(registry, "churn", 2)
+    artifact = version_dir(registry, "churn", 2) / manifest["artifact"]
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    with (
+        caplog.at_level("ERROR", logger="gatewatch.loader"),
+        run_server(create_app(_config(registry, tmp_path))) as url,
+    ):
+        body = {
+            "inputs": [
+                {"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [0.0] * 20}
+            ]
+        }
+        r = httpx.post(f"{url}/v2/models/churn/infer", json=body)
+        assert r.status_code == 200
+        assert r.headers["x-model-version"] == "1"
+        r = httpx.post(f"{url}/v2/models/churn/versions/2/infer", json=body)
+        assert r.status_code == 404
+        assert "not loaded" in r.json()["error"]
+        text = httpx.get(f"{url}/metrics").text
+        assert 'gatewatch_model_load_failures_total{model="churn"} 1.0' in text
+    assert any("does not match the manifest" in rec.getMessage() for rec in caplog.records)
