@@ -111,6 +111,12 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(Path(args.dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewatch", description="Serve and watch versioned models."
@@ -150,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("version", type=int)
     p.set_defaults(handler=cmd_registry_show)
+    demo = sub.add_parser("demo", help="train demo models, serve them, send traffic, stop")
+    demo.add_argument("--dir", default="demo", help="working folder (default: ./demo)")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

@@ -166,9 +166,11 @@ def push(root: str | Path, manifest: dict[str, Any], artifact: str | Path) -> in
     artifact = Path(artifact)
     staging = Path(tempfile.mkdtemp(prefix=".push-", suffix=".tmp", dir=model_dir))
     try:
+        existing = list_versions(root, name)
+        version = existing[-1] if existing else 0
         for _ in range(100):
-            existing = list_versions(root, name)
-            version = (existing[-1] if existing else 0) + 1
+            # A number whose folder exists (even one that is not a complete version) is skipped.
+            version += 1
             manifest = {**manifest, "version": version}
             shutil.copyfile(artifact, staging / manifest["artifact"])
             with open(staging / MANIFEST, "w", encoding="utf-8") as f:
@@ -176,8 +178,11 @@ def push(root: str | Path, manifest: dict[str, Any], artifact: str | Path) -> in
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
+            target = model_dir / str(version)
+            if target.exists() or target.is_symlink():
+                continue
             try:
-                os.rename(staging, model_dir / str(version))
+                os.rename(staging, target)
             except OSError:
                 continue
             return version
