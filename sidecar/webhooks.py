@@ -32,7 +32,6 @@ from urllib.parse import quote, urlencode, urlsplit
 import orjson
 
 from gateway import __version__
-from sidecar.alerts import EVENT_TYPES, RESOLVED
 from sidecar.errors import ConfigError
 
 Kind = Literal["generic", "github", "gitlab", "azure_devops"]
@@ -373,7 +372,11 @@ class AzureDevOpsTarget(_Target):
 
 
 def template_parameters(event: Mapping[str, Any]) -> dict[str, str]:
-    """The event as Azure Pipelines parameters; examples/ci/azure-pipelines.yml declares them."""
+    """The event as Azure Pipelines parameters; examples/ci/azure-pipelines.yml declares them.
+
+    Azure takes an empty string for a missing parameter and refuses the run, so an absent
+    value is sent as "none".
+    """
     data = event.get("data") or {}
     values = {
         "event": event.get("type"),
@@ -385,7 +388,7 @@ def template_parameters(event: Mapping[str, Any]) -> dict[str, str]:
         "registryPath": data.get("registry_path"),
         "figures": summarize(data),
     }
-    return {key: "" if value is None else str(value) for key, value in values.items()}
+    return {key: "none" if value in (None, "") else str(value) for key, value in values.items()}
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -407,8 +410,11 @@ _KEYS: dict[str, tuple[set[str], set[str]]] = {
     "gitlab": ({"project", "token_env"}, {"ref", "api"}),
     "azure_devops": ({"organization", "project", "pipeline_id", "token_env"}, {"branch", "api"}),
 }
-# A CI target starts a pipeline: by default a "resolved" event should not start a retraining.
-_CI_DEFAULT_EXCLUDES = {RESOLVED}
+# A CI target starts a pipeline, so by default it takes only the events a retraining can answer
+# (not "alert.resolved", nor a log lag or a burst of 5xx, which new weights would not fix).
+RETRAIN_EVENTS = frozenset(
+    {"model.drift_detected", "model.accuracy_degraded", "model.concept_drift"}
+)
 
 
 def parse_webhooks(
@@ -534,7 +540,7 @@ def _events(table: dict[str, Any], where: str, kind: str) -> frozenset[str] | No
     if value is None:
         if kind == "generic":
             return None
-        return frozenset(EVENT_TYPES.values()) - _CI_DEFAULT_EXCLUDES
+        return RETRAIN_EVENTS
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}.events: must be a list of event types")
     return frozenset(value)

@@ -189,6 +189,7 @@ def test_parse_defaults() -> None:
     # CI targets start pipelines: by default an "alert.resolved" does not start one.
     assert sig.accepts("alert.resolved") and not gh.accepts("alert.resolved")
     assert gh.accepts("model.accuracy_degraded") and gh.accepts("gatewatch.test")
+    assert not gl.accepts("log.lag_high") and not gl.accepts("model.error_rate_high")
     assert az.accepts("model.drift_detected") and not az.accepts("model.concept_drift")
     assert parse_webhooks([], ENV) == {}
 
