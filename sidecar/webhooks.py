@@ -113,7 +113,12 @@ def redact(text: str, secrets: tuple[Secret, ...]) -> str:
         value = secret.reveal()
         if not value:
             continue
-        forms = {value, quote(value, safe=""), base64.b64encode(f":{value}".encode()).decode()}
+        forms = {
+            value,
+            value.removeprefix("whsec_"),
+            quote(value, safe=""),
+            base64.b64encode(f":{value}".encode()).decode(),
+        }
         for form in forms:
             text = text.replace(form, "***")
     return text
@@ -133,33 +138,27 @@ def classify(status: int) -> Literal["delivered", "retry", "dead"]:
     return "dead"
 
 
-def _snippet(body: bytes) -> str:
-    text = body[:_SNIPPET].decode("utf-8", errors="replace").strip()
-    return " ".join(text.split())
-
-
-def _failure(status: int, body: bytes) -> str:
-    snippet = _snippet(body)
-    return f"HTTP {status}" + (f": {snippet}" if snippet else "")
+def _failure(status: int, body: bytes, secrets: tuple[Secret, ...]) -> str:
+    """ "HTTP 4xx: <start of the answer>", masked before it is cut so no secret is half-shown."""
+    text = " ".join(redact(body.decode("utf-8", errors="replace"), secrets).split())
+    return f"HTTP {status}" + (f": {text[:_SNIPPET]}" if text else "")
 
 
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
-def summarize(data: Mapping[str, Any], limit: int = SUMMARY_MAX_CHARS) -> str:
-    """A compact JSON string of the event's figures, cut down to fit `limit` characters."""
-    figures = dict(data.get("figures") or {})
-    figures.setdefault("condition", data.get("condition"))
-    text = _dumps(figures).decode()
+def summarize(figures: Mapping[str, Any], limit: int = SUMMARY_MAX_CHARS) -> str:
+    """Compact JSON of an event's figures, cut down to fit `limit` characters."""
+    text = _dumps(dict(figures)).decode()
     if len(text) <= limit:
         return text
-    scalars = {k: v for k, v in figures.items() if not isinstance(v, dict | list)}
+    short = {k: v for k, v in figures.items() if not isinstance(v, dict | list)}
     drifting = figures.get("drifting")
     if isinstance(drifting, list):
-        scalars["drifting"] = drifting[:10]
-    scalars["truncated"] = True
-    text = _dumps(scalars).decode()
+        short["drifting"] = drifting[:10]
+    short["truncated"] = True
+    text = _dumps(short).decode()
     if len(text) <= limit:
         return text
     return _dumps({"condition": figures.get("condition"), "truncated": True}).decode()
@@ -186,7 +185,7 @@ class _Target:
         state = classify(status)
         if state == "delivered":
             return Outcome("delivered")
-        return Outcome(state, redact(_failure(status, body), self.secrets()))
+        return Outcome(state, _failure(status, body, self.secrets()))
 
     def describe(self) -> dict[str, Any]:
         """A description safe to show in /webhooks: env var names, never their values."""
@@ -250,12 +249,13 @@ class GitHubTarget(_Target):
         return OutgoingRequest("POST", f"{url}/dispatches", headers, body)
 
 
-def _client_payload(event: Mapping[str, Any]) -> dict[str, Any]:
-    """At most 10 top-level keys and well under 64 KB, as GitHub requires."""
+def event_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event flattened into the fields every CI kind passes to its job.
+
+    ``figures`` keeps what was measured with the condition folded in, so a job needs no more.
+    """
     data = event.get("data") or {}
-    figures = dict(data.get("figures") or {})
-    figures = {"condition": data.get("condition"), **figures}
-    payload: dict[str, Any] = {
+    return {
         "event": event.get("type"),
         "event_id": event.get("id"),
         "timestamp": event.get("timestamp"),
@@ -263,16 +263,37 @@ def _client_payload(event: Mapping[str, Any]) -> dict[str, Any]:
         "version": data.get("version"),
         "rule": data.get("rule"),
         "severity": data.get("severity"),
+        "condition": data.get("condition"),
         "registry_path": data.get("registry_path"),
         "sidecar_url": data.get("sidecar_url"),
-        "figures": figures,
+        "figures": {"condition": data.get("condition"), **(data.get("figures") or {})},
     }
+
+
+# GitHub allows 10 top-level keys; "condition" is inside "figures" already.
+_GITHUB_KEYS = (
+    "event",
+    "event_id",
+    "timestamp",
+    "model",
+    "version",
+    "rule",
+    "severity",
+    "registry_path",
+    "sidecar_url",
+    "figures",
+)
+_AZURE_KEYS = ("event", "event_id", "model", "version", "rule", "severity", "registry_path")
+
+
+def _client_payload(event: Mapping[str, Any]) -> dict[str, Any]:
+    """At most 10 top-level keys and well under 64 KB, as GitHub requires."""
+    fields = event_fields(event)
+    payload = {key: fields[key] for key in _GITHUB_KEYS[:GITHUB_MAX_PAYLOAD_KEYS]}
     # Room for the envelope ({"event_type": ..., "client_payload": ...}) under the limit.
     budget = GITHUB_MAX_PAYLOAD_BYTES - 1024
     if len(_dumps(payload)) > budget:
-        payload["figures"] = orjson.loads(summarize(data))
-    if len(_dumps(payload)) > budget:
-        payload["figures"] = {"condition": data.get("condition"), "truncated": True}
+        payload["figures"] = orjson.loads(summarize(fields["figures"]))
     return payload
 
 
@@ -305,22 +326,10 @@ class GitLabTarget(_Target):
 
 
 def ci_variables(event: Mapping[str, Any]) -> dict[str, str]:
-    """The event as flat string variables, the form CI systems pass to a job."""
-    data = event.get("data") or {}
-    values = {
-        "GATEWATCH_EVENT": event.get("type"),
-        "GATEWATCH_EVENT_ID": event.get("id"),
-        "GATEWATCH_TIMESTAMP": event.get("timestamp"),
-        "GATEWATCH_MODEL": data.get("model"),
-        "GATEWATCH_VERSION": data.get("version"),
-        "GATEWATCH_RULE": data.get("rule"),
-        "GATEWATCH_SEVERITY": data.get("severity"),
-        "GATEWATCH_CONDITION": data.get("condition"),
-        "GATEWATCH_REGISTRY_PATH": data.get("registry_path"),
-        "GATEWATCH_SIDECAR_URL": data.get("sidecar_url"),
-        "GATEWATCH_FIGURES": summarize(data),
-    }
-    return {key: "" if value is None else str(value) for key, value in values.items()}
+    """The event as GATEWATCH_* string variables, the form a GitLab job reads."""
+    fields = event_fields(event)
+    fields["figures"] = summarize(fields["figures"])
+    return {f"GATEWATCH_{k.upper()}": "" if v is None else str(v) for k, v in fields.items()}
 
 
 @dataclass(frozen=True)
@@ -359,8 +368,7 @@ class AzureDevOpsTarget(_Target):
     def outcome(self, status: int, body: bytes) -> Outcome:
         # 203 is Azure DevOps' sign-in page: the token was not accepted.
         if status in (401, 403, 203):
-            error = f"HTTP {status}: {AZURE_SCOPE_HINT}"
-            return Outcome("dead", redact(error, self.secrets()))
+            return Outcome("dead", f"HTTP {status}: {AZURE_SCOPE_HINT}")
         if classify(status) == "delivered":
             run = _json_object(body)
             links = run.get("_links")
@@ -377,18 +385,15 @@ def template_parameters(event: Mapping[str, Any]) -> dict[str, str]:
     Azure takes an empty string for a missing parameter and refuses the run, so an absent
     value is sent as "none".
     """
-    data = event.get("data") or {}
-    values = {
-        "event": event.get("type"),
-        "eventId": event.get("id"),
-        "model": data.get("model"),
-        "version": data.get("version"),
-        "rule": data.get("rule"),
-        "severity": data.get("severity"),
-        "registryPath": data.get("registry_path"),
-        "figures": summarize(data),
-    }
-    return {key: "none" if value in (None, "") else str(value) for key, value in values.items()}
+    fields = event_fields(event)
+    params = {_camel(key): fields[key] for key in _AZURE_KEYS}
+    params["figures"] = summarize(fields["figures"])
+    return {key: "none" if value in (None, "") else str(value) for key, value in params.items()}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from sidecar.alerts import AlertPolicy, parse_alerts
 from sidecar.delivery import Deliverer
 from sidecar.outbox import Outbox
-from sidecar.webhooks import AZURE_SCOPE_HINT, parse_webhooks
+from sidecar.webhooks import AZURE_SCOPE_HINT, parse_webhooks, template_parameters
 from tests._receiver import Received, Receiver, Reply
 
 TOKEN = "azdopat0123456789abcdefghijklmnopqrstuvwxyzSECRET"
@@ -181,3 +182,15 @@ def test_target_repr_and_describe_hide_the_token() -> None:
     for shown in (repr(target), repr(request), str(target.describe())):
         assert TOKEN not in shown and basic not in shown
     assert target.describe()["token_env"] == "AZDO_TOKEN"
+
+
+def test_example_pipeline_declares_exactly_the_parameters_sent() -> None:
+    """Azure refuses a run with an undeclared parameter: the example must stay in step."""
+    text = (Path(__file__).parents[2] / "examples/ci/azure-pipelines.yml").read_text()
+    block = text.split("\nparameters:\n", 1)[1].split("\n\n", 1)[0]
+    declared = set(re.findall(r"^  - name: (\w+)$", block, flags=re.MULTILINE))
+    sent = template_parameters(accuracy_event())
+    assert declared == set(sent) == PARAMETERS
+    assert "none" not in sent.values() and all(sent.values())
+    log_lag = {"id": "evt_1", "type": "log.lag_high", "data": {"model": None, "version": None}}
+    assert template_parameters(log_lag)["model"] == "none"  # never an empty string

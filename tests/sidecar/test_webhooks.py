@@ -7,6 +7,7 @@ import base64
 import logging
 import os
 import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from sidecar.errors import ConfigError
 from sidecar.outbox import Outbox
 from sidecar.webhooks import (
     GITHUB_MAX_PAYLOAD_BYTES,
+    RETRAIN_EVENTS,
     GenericTarget,
     GitHubTarget,
     Secret,
+    ci_variables,
     parse_webhooks,
 )
 from tests._receiver import Received, Receiver, Reply
@@ -431,3 +434,32 @@ def test_gitlab_trigger_matches_the_documented_request(tmp_path: Path) -> None:
     assert form["variables[GATEWATCH_EVENT_ID]"] == event["id"]
     assert orjson.loads(form["variables[GATEWATCH_FIGURES]"])["condition"] == "feature_drift"
     assert TOKEN not in repr(row)
+
+
+def test_error_snippet_never_shows_part_of_a_token(tmp_path: Path) -> None:
+    # The token straddles the point where the error snippet is cut.
+    reply = Reply(400, b"x" * 290 + b" " + TOKEN.encode() + b" trailing")
+    with Receiver([reply]) as rx:
+        table = {
+            "name": "gl",
+            "kind": "gitlab",
+            "project": 5,
+            "token_env": "GW_TOKEN",
+            "api": rx.url(""),
+        }
+        with deliver_once(tmp_path, parse_webhooks([table], ENV), drift_event()) as outbox:
+            [row] = outbox.deliveries()
+    assert row["state"] == "dead"
+    assert TOKEN[:8] not in row["last_error"] and "***" in row["last_error"]
+
+
+def test_example_workflows_listen_for_the_events_ci_targets_get() -> None:
+    root = Path(__file__).parents[2] / "examples/ci"
+    github = (root / "github-retrain.yml").read_text()
+    [types] = re.findall(r"^    types: \[(.*)\]$", github, flags=re.MULTILINE)
+    assert RETRAIN_EVENTS <= {t.strip() for t in types.split(",")}
+    gitlab = (root / "gitlab-ci.yml").read_text()
+    variables = set(re.findall(r"\$\{?(GATEWATCH_[A-Z_]+)", gitlab))
+    sent = set(ci_variables(drift_event()))
+    assert {"GATEWATCH_MODEL", "GATEWATCH_VERSION", "GATEWATCH_EVENT"} <= variables
+    assert variables - {"GATEWATCH_REGISTRY"} <= sent
