@@ -24,6 +24,18 @@ from typing import Any, Literal, get_args
 
 from sidecar.errors import ConfigError
 
+__all__ = [
+    "CONDITIONS",
+    "EVENT_TYPES",
+    "RESOLVED",
+    "AlertPolicy",
+    "AlertRule",
+    "Event",
+    "iso_utc",
+    "new_event_id",
+    "parse_alerts",
+]
+
 Condition = Literal[
     "feature_drift",
     "prediction_drift",

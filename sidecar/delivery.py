@@ -37,6 +37,8 @@ from sidecar.webhooks import (
     redact,
 )
 
+__all__ = ["Deliverer", "make_test_event", "parse_retry_after", "send_test", "webhook_test_main"]
+
 logger = logging.getLogger("sidecar.delivery")
 
 DEFAULT_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=30)
@@ -315,7 +317,7 @@ async def send_test(
     now = time.time() if now is None else now
     secrets = target.secrets()
     try:
-        request = target.build(test_event(now), now=now)
+        request = target.build(make_test_event(now), now=now)
         status, _, body = await _exchange(client, request, timeout or httpx.Timeout(10.0))
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         return 0, redact(f"{type(exc).__name__}: {exc}", secrets)
@@ -343,7 +345,7 @@ async def _exchange(
     return response.status_code, response.headers, b"".join(chunks)[:MAX_RESPONSE_BYTES]
 
 
-def test_event(now: float) -> dict[str, Any]:
+def make_test_event(now: float) -> dict[str, Any]:
     """The event `send_test` sends: the shape of a real one, marked as a test."""
     return {
         "id": new_event_id(),

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import orjson
 
+__all__ = ["COUNTERS", "Due", "Outbox"]
+
 DEFAULT_FILENAME = "outbox.sqlite3"
 # Delivered and dead rows older than this are removed, so the file stays small.
 DEFAULT_RETENTION = 30 * 86400.0

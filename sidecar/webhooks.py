@@ -34,6 +34,26 @@ import orjson
 from gateway import __version__
 from sidecar.errors import ConfigError
 
+__all__ = [
+    "RETRAIN_EVENTS",
+    "TEST_EVENT",
+    "AzureDevOpsTarget",
+    "GenericTarget",
+    "GitHubTarget",
+    "GitLabTarget",
+    "Outcome",
+    "OutgoingRequest",
+    "Secret",
+    "WebhookTarget",
+    "ci_variables",
+    "classify",
+    "event_fields",
+    "parse_webhooks",
+    "redact",
+    "summarize",
+    "template_parameters",
+]
+
 Kind = Literal["generic", "github", "gitlab", "azure_devops"]
 KINDS: tuple[str, ...] = get_args(Kind)
 
