@@ -60,7 +60,7 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
         finally:
             await gateway.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={
@@ -69,6 +69,8 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
             Exception: _unexpected,
         },
     )
+    app.state.gateway = gateway
+    return app
 
 
 def create_app_from_env() -> Starlette:

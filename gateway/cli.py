@@ -10,11 +10,16 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import ConfigError, RegistryError
+
+if TYPE_CHECKING:
+    from gateway.predlog import LogConfig
 
 __all__ = ["main"]
 
@@ -43,6 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if path:
         os.environ["GATEWATCH_CONFIG"] = str(Path(path).resolve())
     workers = args.workers or config.workers
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker writes its samples here and /metrics sums them.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gatewatch-metrics-")
     print(
         f"gatewatch {__version__}: serving {config.registry} on http://{config.listen}", flush=True
     )
@@ -111,6 +119,29 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_config(args: argparse.Namespace) -> LogConfig:
+    from gateway.config import load_config
+
+    return load_config(_config_path(args.config)).log
+
+
+def cmd_log_tail(args: argparse.Namespace) -> int:
+    from gateway.predlog import tail
+
+    try:
+        tail(_log_config(args), follow=args.follow, model=args.model, out=sys.stdout)
+    except BrokenPipeError:
+        pass
+    return 0
+
+
+def cmd_log_stats(args: argparse.Namespace) -> int:
+    from gateway.predlog import stats
+
+    print(json.dumps(stats(_log_config(args)), indent=2, default=str))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -156,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("version", type=int)
     p.set_defaults(handler=cmd_registry_show)
+    logp = sub.add_parser("log", help="read the prediction log")
+    logp.add_argument("--config", help="gatewatch.toml (default: ./gatewatch.toml if present)")
+    logsub = logp.add_subparsers(dest="log_command", required=True)
+    p = logsub.add_parser("tail", help="print records")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    p.add_argument("--model", help="only this model's records")
+    p.set_defaults(handler=cmd_log_tail)
+    p = logsub.add_parser("stats", help="counts per model, version and role, and the time span")
+    p.set_defaults(handler=cmd_log_stats)
+
     demo = sub.add_parser("demo", help="train demo models, serve them, send traffic, stop")
     demo.add_argument("--dir", default="demo", help="working folder (default: ./demo)")
     demo.set_defaults(handler=cmd_demo)

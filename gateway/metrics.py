@@ -1,6 +1,6 @@
 """Prometheus metrics of the gateway, in a registry of its own (one per app, so tests don't share).
 
-With several workers, PROMETHEUS_MULTIPROCESS_DIR makes every worker write its samples to that
+With several workers, PROMETHEUS_MULTIPROC_DIR makes every worker write its samples to that
 folder and /metrics sums them (prometheus_client's multiprocess mode).
 """
 
@@ -113,7 +113,7 @@ class GatewayMetrics:
         self.predlog_queued.set(queued)
 
     def render(self) -> bytes:
-        folder = os.environ.get("PROMETHEUS_MULTIPROCESS_DIR")
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if folder:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]

@@ -67,6 +67,7 @@ class Gateway:
         )
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewatch-shadow")
         self._shadow_task: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         table, report = await asyncio.to_thread(build_table, self.config, None)
@@ -77,13 +78,15 @@ class Gateway:
         self.metrics.mark_reload(True)
         await self.predlog.start()
         self._shadow_task = asyncio.create_task(self._shadow_worker())
+        self._metrics_task = asyncio.create_task(self._refresh_metrics())
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        if self._shadow_task is not None:
-            self._shadow_task.cancel()
-            await asyncio.gather(self._shadow_task, return_exceptions=True)
+        tasks = [t for t in (self._shadow_task, self._metrics_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         await self.predlog.close()
 
@@ -122,6 +125,12 @@ class Gateway:
                 self._shadow_queue.put_nowait((shadow, X, request_id))
             except asyncio.QueueFull:
                 self.metrics.shadow_dropped.labels(name).inc()
+
+    async def _refresh_metrics(self) -> None:
+        """Publish the log writer's counters every second (each worker publishes its own)."""
+        while True:
+            self.metrics.observe_predlog(self.predlog_counters(), self.predlog.queued)
+            await asyncio.sleep(1.0)
 
     async def _shadow_worker(self) -> None:
         loop = asyncio.get_running_loop()
