@@ -35,6 +35,7 @@ FIELD = b"r"
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 2.0
 _REPLAY_BATCHES_PER_CALL = 8
+_CLOSE_GRACE_SECONDS = 2.0
 _LOCK_ATTEMPTS = 100
 _LOCK_WAIT = 0.05
 _MAX_BLOCK_SECONDS = 5.0
@@ -270,8 +271,12 @@ class RedisSink:
         return min(deadlines, default=None)
 
     def close(self) -> None:
+        """Replay the spill if Redis answers within a short grace; otherwise the spill stays
+        on disk for the next writer started on this machine (it adopts orphaned spills)."""
+        deadline = time.monotonic() + _CLOSE_GRACE_SECONDS
         try:
-            if self._spill.pending and self._due():
+            while self._spill.pending and time.monotonic() < deadline:
+                time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
                 self._replay(None)
         finally:
             self._spill.close()
