@@ -27,7 +27,7 @@ import httpx
 
 from sidecar.alerts import Event, iso_utc, new_event_id
 from sidecar.errors import ConfigError
-from sidecar.outbox import Due, Outbox
+from sidecar.outbox import Attempt, Due, Outbox
 from sidecar.webhooks import (
     TEST_EVENT,
     Outcome,
@@ -178,11 +178,13 @@ class Deliverer:
             return 0
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def attempt(item: Due) -> None:
+        async def attempt(item: Due) -> Attempt:
             async with gate:
-                await self._attempt(item)
+                return await self._attempt(item)
 
-        await asyncio.gather(*(attempt(item) for item in due))
+        results = await asyncio.gather(*(attempt(item) for item in due))
+        # One transaction for the round. A crash before it resends the round: same webhook-ids.
+        self.outbox.record(results, now=self._clock())
         return len(due)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -212,60 +214,30 @@ class Deliverer:
             await asyncio.gather(*waiters, return_exceptions=True)
         self._wake.clear()
 
-    async def _attempt(self, item: Due) -> None:
+    async def _attempt(self, item: Due) -> Attempt:
+        """Send one due delivery and say what became of it (the caller stores it)."""
         now = self._clock()
+        key = (item.event_id, item.target)
         target = self._targets.get(item.target)
         if target is None:
             error = f"no webhook named {item.target!r} in the config"
-            self.outbox.record_dead(item.event_id, item.target, status=None, error=error, now=now)
             logger.warning("webhook %s: %s dead-lettered: %s", item.target, item.event_id, error)
-            return
+            return Attempt(*key, "dead", error=error)
         status, retry_after, outcome = await self._send(target, item.event, now)
-        attempt = item.attempts + 1
+        number = item.attempts + 1
+        what = f"webhook {target.name}: {item.event_type} {item.event_id}"
         if outcome.state == "delivered":
-            self.outbox.record_delivered(
-                item.event_id, item.target, status=status, info=outcome.info, now=now
-            )
-            logger.info(
-                "webhook %s: %s %s delivered (HTTP %s, attempt %d)",
-                target.name,
-                item.event_type,
-                item.event_id,
-                status,
-                attempt,
-            )
-            return
+            logger.info("%s delivered (HTTP %s, attempt %d)", what, status, number)
+            return Attempt(*key, "delivered", status=status, info=outcome.info)
         error = outcome.error or "failed"
-        if outcome.state == "dead" or attempt >= self.max_attempts:
+        if outcome.state == "dead" or number >= self.max_attempts:
             if outcome.state != "dead":
-                error = f"{error} (gave up after {attempt} attempts)"
-            self.outbox.record_dead(item.event_id, item.target, status=status, error=error, now=now)
-            logger.warning(
-                "webhook %s: %s %s dead-lettered: %s",
-                target.name,
-                item.event_type,
-                item.event_id,
-                error,
-            )
-            return
-        delay = self.backoff(attempt, retry_after)
-        self.outbox.record_retry(
-            item.event_id,
-            item.target,
-            status=status,
-            error=error,
-            next_attempt=now + delay,
-            now=now,
-        )
-        logger.warning(
-            "webhook %s: %s %s attempt %d failed (%s); next try in %.2fs",
-            target.name,
-            item.event_type,
-            item.event_id,
-            attempt,
-            error,
-            delay,
-        )
+                error = f"{error} (gave up after {number} attempts)"
+            logger.warning("%s dead-lettered: %s", what, error)
+            return Attempt(*key, "dead", status=status, error=error)
+        delay = self.backoff(number, retry_after)
+        logger.warning("%s attempt %d failed (%s); next try in %.2fs", what, number, error, delay)
+        return Attempt(*key, "pending", status=status, error=error, next_attempt=now + delay)
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""

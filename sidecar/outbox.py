@@ -17,14 +17,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import orjson
 
-__all__ = ["COUNTERS", "Due", "Outbox"]
+__all__ = ["COUNTERS", "Attempt", "Due", "Outbox"]
 
 DEFAULT_FILENAME = "outbox.sqlite3"
 # Delivered and dead rows older than this are removed, so the file stays small.
@@ -58,6 +58,19 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt);
 CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (updated);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one delivery attempt, as `record` stores it."""
+
+    event_id: str
+    target: str
+    state: State  # "pending" means: failed, try again at next_attempt
+    status: int | None = None
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    next_attempt: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,75 +167,40 @@ class Outbox:
             self.prune(now)
         return added
 
-    def record_delivered(
-        self,
-        event_id: str,
-        target: str,
-        *,
-        status: int | None,
-        info: Mapping[str, Any] | None = None,
-        now: float,
-    ) -> None:
-        self._finish(event_id, target, "delivered", status, None, info, now, "sent")
-
-    def record_dead(
-        self, event_id: str, target: str, *, status: int | None, error: str, now: float
-    ) -> None:
-        self._finish(event_id, target, "dead", status, error, None, now, "dead_lettered")
-
-    def record_retry(
-        self,
-        event_id: str,
-        target: str,
-        *,
-        status: int | None,
-        error: str,
-        next_attempt: float,
-        now: float,
-    ) -> None:
+    def record(self, attempts: Iterable[Attempt], *, now: float) -> None:
+        """Store the outcome of a round of attempts in one transaction (one fsync per round)."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            for attempt in attempts:
+                self._record_one(attempt, now)
+
+    def _record_one(self, attempt: Attempt, now: float) -> None:
+        key = (attempt.event_id, attempt.target)
+        if attempt.state == "pending":
             cursor = self._db.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_attempt = ?,"
                 " last_status = ?, last_error = ?, next_attempt = ?, updated = ?"
                 " WHERE event_id = ? AND target = ? AND state = 'pending'",
-                (now, status, error, next_attempt, now, event_id, target),
+                (now, attempt.status, attempt.error, attempt.next_attempt, now, *key),
             )
-            if cursor.rowcount:
-                self._bump("failed")
-                self._bump("retried")
-
-    def _finish(
-        self,
-        event_id: str,
-        target: str,
-        state: State,
-        status: int | None,
-        error: str | None,
-        info: Mapping[str, Any] | None,
-        now: float,
-        counter: str,
-    ) -> None:
-        blob = orjson.dumps(dict(info)) if info else None
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+            counters: tuple[str, ...] = ("failed", "retried")
+        else:
+            info = orjson.dumps(attempt.info) if attempt.info else None
             cursor = self._db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_attempt = ?,"
                 " last_status = ?, last_error = ?, info = ?, updated = ?"
                 " WHERE event_id = ? AND target = ? AND state = 'pending'",
-                (state, now, status, error, blob, now, event_id, target),
+                (attempt.state, now, attempt.status, attempt.error, info, now, *key),
             )
-            if cursor.rowcount:
-                if state == "dead":
-                    self._bump("failed")
-                self._bump(counter)
-
-    def _bump(self, name: str) -> None:
-        self._db.execute(
-            "INSERT INTO counters (name, value) VALUES (?, 1)"
-            " ON CONFLICT (name) DO UPDATE SET value = value + 1",
-            (name,),
-        )
+            counters = ("sent",) if attempt.state == "delivered" else ("failed", "dead_lettered")
+        # A row no longer pending (requeued or finished meanwhile) is left alone, uncounted.
+        if cursor.rowcount:
+            for name in counters:
+                self._db.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, 1)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                    (name,),
+                )
 
     def requeue(self, event_id: str | None = None, target: str | None = None) -> int:
         """Give dead deliveries another series of attempts (all, or one event / one target)."""
