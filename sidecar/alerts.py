@@ -452,10 +452,16 @@ class AlertPolicy:
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_recent)
 
     def replace_rules(self, rules: Iterable[AlertRule]) -> None:
-        """Swap in a reloaded rule set; alerts of rules no longer there are forgotten."""
+        """Swap in a reloaded rule set.
+
+        An alert keeps its state and cooldown if its rule is still there with the same
+        condition; the others are forgotten (without a "resolved": the rule that raised them
+        is gone).
+        """
+        before = {rule.name: rule.condition for rule in self.rules}
         self.rules = list(rules)
-        names = {rule.name for rule in self.rules}
-        self._states = {key: st for key, st in self._states.items() if key[0] in names}
+        kept = {rule.name for rule in self.rules if before.get(rule.name) == rule.condition}
+        self._states = {key: st for key, st in self._states.items() if key[0] in kept}
 
     def evaluate(self, status: Mapping[str, Any], now: float) -> list[Event]:
         """Compare every rule with `status` at wall-clock time `now`; answer the new events."""
@@ -520,7 +526,7 @@ class AlertPolicy:
             st = self._states[key] = _AlertState()
         if held:
             if not st.active:
-                st.active, st.since, st.notified = True, now, False
+                st.active, st.since, st.notified, st.event_id = True, now, False, None
             st.figures = figures
             cooled = st.last_fired is None or now - st.last_fired >= rule.cooldown
             if not st.notified and cooled:

@@ -266,6 +266,7 @@ def test_fires_once_is_quiet_within_cooldown_and_resolves() -> None:
     assert policy.evaluate(bad, 40.0) == []
     [waiting] = policy.active()
     assert waiting["notified"] is False and waiting["since"] == 40.0
+    assert waiting["event_id"] is None
     assert policy.evaluate(healthy, 50.0) == []
 
     # After the cooldown it fires again.
@@ -499,6 +500,12 @@ def test_state_survives_pickle_and_rule_reload() -> None:
     [resolved] = restored.evaluate(status(version(1)), 10.0)
     assert resolved.data["resolves"]["id"] == fired.id
     assert restored.evaluate(bad, 20.0) == []  # still within the cooldown
+
+    # Same name, another condition: a new rule, its old alert is forgotten.
+    restored.evaluate(bad, 3000.0)
+    assert restored.active() != []
+    restored.replace_rules(parse_alerts([{"name": "r", "condition": "prediction_drift"}], HOOKS))
+    assert restored.active() == []
 
     restored.replace_rules([])
     assert restored.active() == [] and restored.evaluate(bad, 5000.0) == []
