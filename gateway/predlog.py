@@ -31,7 +31,9 @@ import os
 import random
 import re
 import socket
+import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -360,7 +362,23 @@ class FileSink:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._fd = fd
         self._size = os.fstat(fd).st_size
+        if self.config.fsync != "never":
+            self._sync_directory()
         return fd
+
+    def _sync_directory(self) -> None:
+        """Make the new file's name durable too, not only its content."""
+        try:
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.errors += 1
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            self.errors += 1
+        finally:
+            os.close(dir_fd)
 
     def _undo_partial_write(self, fd: int) -> None:
         """Cut a half-written batch off, or give up the segment so readers skip its torn tail."""
@@ -424,6 +442,11 @@ class PredictionLog:
     ``replayed`` records that went through the Redis spill folder. At rest,
     ``written + dropped + sampled_out`` equals the number of ``submit`` calls.
 
+    ``config.sample`` keeps a prediction record when a hash of its ``id`` falls in the kept
+    share, so a request's primary and shadow records are kept or skipped together (and its
+    feedback, always kept, finds them). ``submit`` belongs on the event loop's thread; from
+    another thread it still works, at the price of a thread-safe wake-up.
+
     Parameters
     ----------
     config
@@ -454,6 +477,8 @@ class PredictionLog:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._random = random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._sample = config.sample
         self._strip_inputs = config.inputs == "none"
         self._queue_size = config.queue_size
@@ -484,9 +509,9 @@ class PredictionLog:
         # stuck on a dead disk does not hold up the event loop's shutdown.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"predlog-{self.writer_name}")
         await self._in_thread(self._sink.open)
-        self._task = asyncio.get_running_loop().create_task(
-            self._drain(), name=f"predlog-drain-{self.writer_name}"
-        )
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._task = self._loop.create_task(self._drain(), name=f"predlog-drain-{self.writer_name}")
 
     def submit(self, record: dict[str, Any]) -> bool:
         """Queue a record; False means it was dropped (and counted). Never raises or waits.
@@ -498,7 +523,7 @@ class PredictionLog:
                 self.dropped += 1
                 return False
             if is_prediction(record):
-                if self._sample < 1.0 and self._random.random() >= self._sample:
+                if self._sample < 1.0 and not self._sampled_in(record):
                     self.sampled_out += 1
                     return True
                 if self._strip_inputs and "inputs" in record:
@@ -507,18 +532,29 @@ class PredictionLog:
                 self.dropped += 1
                 return False
             self._buffer.append(record)
-            self._wakeup.set()
+            if self._loop is None or threading.get_ident() == self._loop_thread:
+                self._wakeup.set()
+            else:
+                # asyncio.Event is not thread-safe; a sync endpoint's worker thread lands here.
+                self._loop.call_soon_threadsafe(self._wakeup.set)
             return True
         except Exception:
             self.dropped += 1
             return False
+
+    def _sampled_in(self, record: dict[str, Any]) -> bool:
+        """Decide by request id, so a request's primary, shadow and feedback stay together."""
+        request_id = record.get("id")
+        if isinstance(request_id, str):
+            return zlib.crc32(request_id.encode()) < self._sample * 2**32
+        return self._random.random() < self._sample
 
     async def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, fsync and close; what is not written within timeout is dropped."""
         self._closing = True
         self._wakeup.set()
         task = self._task
-        if task is None:
+        if task is None or task.done():
             self.dropped += len(self._buffer)
             self._buffer.clear()
             return
@@ -527,6 +563,8 @@ class PredictionLog:
             return
         except TimeoutError:
             pass
+        except Exception as exc:
+            logger.error("prediction log: the writer task failed: %s", exc)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -164,7 +164,7 @@ def test_written_records_read_back_in_order(tmp_path: Path, fsync: str) -> None:
 
 def test_sampling_and_inputs_policy(tmp_path: Path) -> None:
     config = LogConfig(dir=str(tmp_path), sample=0.25, inputs="none")
-    records = [prediction(i) for i in range(2_000)]
+    records = [prediction(i, role=role) for i in range(1_000) for role in ("primary", "shadow")]
     feedback = [{"kind": "feedback", "id": f"w-{i}", "ts": 1.0, "label": 0} for i in range(50)]
     log = write_log(config, records + feedback, "sampler")
     got = read_all(open_reader(config))
@@ -174,6 +174,9 @@ def test_sampling_and_inputs_policy(tmp_path: Path) -> None:
     assert 0 < len(kept) < 2_000
     assert [r for r in got if r.get("kind") == "feedback"] == feedback
     assert all("inputs" not in r for r in kept)
+    # A request's primary and shadow records are kept or skipped together.
+    assert [r["role"] for r in kept] == ["primary", "shadow"] * (len(kept) // 2)
+    assert [r["id"] for r in kept[::2]] == [r["id"] for r in kept[1::2]]
     assert "inputs" in records[0], "the caller's record is not modified"
 
 
@@ -241,8 +244,25 @@ def test_close_timeout_counts_what_was_not_written(tmp_path: Path) -> None:
     log = asyncio.run(main())
     assert (log.written, log.dropped, log.queued) == (0, 25, 0)
     assert not log.submit(prediction(99)) and log.dropped == 26
+    asyncio.run(log.close())  # closing again is harmless
     sink.gate.set()
     assert sink.closed.wait(WAIT_LIMIT)
+
+
+def test_submit_from_a_worker_thread_wakes_the_writer(tmp_path: Path) -> None:
+    config = LogConfig(dir=str(tmp_path), fsync="never")
+
+    async def main() -> PredictionLog:
+        log = PredictionLog(config, "threads")
+        await log.start()
+        for i in range(3):
+            assert await asyncio.to_thread(log.submit, prediction(i))
+            await wait_idle(log)
+        await log.close()
+        return log
+
+    assert asyncio.run(main()).written == 3
+    assert len(disk_lines(tmp_path)) == 3
 
 
 class FlakyDiskSink(FileSink):
