@@ -44,6 +44,23 @@ def generic(url: str, **extra: Any) -> dict[str, WebhookTarget]:
     )
 
 
+def hook_and_gitlab(rx: Receiver) -> dict[str, WebhookTarget]:
+    """A generic hook at /h and a GitLab trigger, both served by `rx`."""
+    return parse_webhooks(
+        [
+            {"name": "hook", "kind": "generic", "url": rx.url("/h"), "secret_env": "GW_SECRET"},
+            {
+                "name": "gl",
+                "kind": "gitlab",
+                "project": 7,
+                "token_env": "GW_TOKEN",
+                "api": rx.url(""),
+            },
+        ],
+        ENV,
+    )
+
+
 def event(event_type: str = "model.drift_detected", webhooks: tuple[str, ...] = ("hook",)) -> Event:
     data = {"rule": "drift", "model": "churn", "version": 2, "condition": "feature_drift"}
     return Event(
@@ -236,19 +253,7 @@ def test_connection_refused_is_retried(tmp_path: Path) -> None:
 
 def test_unknown_target_and_event_filters(tmp_path: Path) -> None:
     with Receiver() as rx, Outbox(tmp_path) as outbox:
-        targets = parse_webhooks(
-            [
-                {"name": "hook", "kind": "generic", "url": rx.url("/h"), "secret_env": "GW_SECRET"},
-                {
-                    "name": "gl",
-                    "kind": "gitlab",
-                    "project": 7,
-                    "token_env": "GW_TOKEN",
-                    "api": rx.url("/api/v4"),
-                },
-            ],
-            ENV,
-        )
+        targets = hook_and_gitlab(rx)
 
         async def go() -> None:
             async with Deliverer(outbox, targets) as d:
@@ -269,19 +274,7 @@ def test_unknown_target_and_event_filters(tmp_path: Path) -> None:
 def test_run_loop_delivers_and_stops(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with Receiver([Reply(500)]) as rx, Outbox(tmp_path) as outbox:
-        targets = parse_webhooks(
-            [
-                {"name": "hook", "kind": "generic", "url": rx.url("/h"), "secret_env": "GW_SECRET"},
-                {
-                    "name": "gl",
-                    "kind": "gitlab",
-                    "project": 7,
-                    "token_env": "GW_TOKEN",
-                    "api": rx.url("/api/v4"),
-                },
-            ],
-            ENV,
-        )
+        targets = hook_and_gitlab(rx)
 
         async def go() -> None:
             stop = asyncio.Event()
