@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol, TextIO, TypeVar
 import orjson
 
 __all__ = [
+    "FileReader",
     "FileSink",
     "LogConfig",
     "LogConfigError",
@@ -90,6 +91,25 @@ class LogConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     """Settings of the prediction log, the ``[log]`` table of gatewatch.toml.
+
+    Parameters
+    ----------
+    transport
+        ``"file"`` (segments in ``dir``, nothing to install) or ``"redis"`` (a stream at ``url``;
+        ``dir/spill`` then holds what could not be sent yet).
+    maxlen
+        Approximate length cap of the stream (XADD MAXLEN ~): the oldest entries go first.
+    queue_size, batch_size
+        Records waiting in memory before new ones are dropped; records per write.
+    fsync, fsync_interval
+        ``"interval"`` syncs at most every ``fsync_interval`` seconds, ``"always"`` after every
+        batch, ``"never"`` leaves it to the OS.
+    segment_bytes, retention_seconds, retention_bytes
+        Rotate segments at this size; delete this writer's closed segments older than
+        ``retention_seconds`` or beyond ``retention_bytes`` in total (None: keep).
+    inputs, sample
+        ``"none"`` leaves the feature values out of the log; ``sample`` is the share of
+        prediction records kept (feedback is always kept).
 
     >>> LogConfig.from_table({"transport": "file", "sample": 0.5}).sample
     0.5
@@ -274,7 +294,7 @@ class FileSink:
         Defaults to ``config.dir``; the Redis transport points it at its spill folder.
     """
 
-    def __init__(self, config: LogConfig, writer_name: str, directory: Path | None = None):
+    def __init__(self, config: LogConfig, writer_name: str, directory: Path | None = None) -> None:
         self.config = config
         self.writer_name = writer_name
         self.directory = Path(config.dir) if directory is None else directory
@@ -508,7 +528,11 @@ class PredictionLog:
         # One dedicated thread keeps sink calls in order, and unlike asyncio.to_thread a write
         # stuck on a dead disk does not hold up the event loop's shutdown.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"predlog-{self.writer_name}")
-        await self._in_thread(self._sink.open)
+        try:
+            await self._in_thread(self._sink.open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._task = self._loop.create_task(self._drain(), name=f"predlog-drain-{self.writer_name}")

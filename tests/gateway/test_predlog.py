@@ -308,6 +308,22 @@ def test_submit_never_raises(tmp_path: Path) -> None:
     asyncio.run(log.close())
 
 
+def test_an_unusable_folder_fails_at_start_not_on_the_request_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+
+    async def main() -> PredictionLog:
+        log = PredictionLog(LogConfig(dir=str(blocker / "predlog")), "x")
+        with pytest.raises(OSError):
+            await log.start()
+        assert log.submit(prediction(0))
+        await log.close()
+        return log
+
+    log = asyncio.run(main())
+    assert (log.written, log.dropped) == (0, 1)
+
+
 def test_writer_name_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="writer_name"):
         PredictionLog(LogConfig(dir=str(tmp_path)), "../escape")
