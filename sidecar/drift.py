@@ -42,6 +42,8 @@ __all__ = [
 # Fewer valid values than this in a window and the window is not judged at all: the asymptotic
 # KS and chi-square distributions are poor below it.
 MIN_WINDOW_VALUES = 30
+# Predicted classes watched by an ADWIN each (the most common in the reference).
+MAX_ADWIN_CLASSES = 20
 # Floor for empty bins in the PSI, the usual convention; without it one empty bin is infinite.
 PSI_FLOOR = 1e-4
 _TASKS = ("classification", "regression")
@@ -52,10 +54,11 @@ def adwin_detections(detector: drift.ADWIN, values: Iterable[float]) -> list[int
 
     Equivalent to calling ``detector.update(x)`` and reading ``detector.drift_detected`` after
     each value. That loop costs a Python call per value, most of the sidecar's budget at 50,000
-    20-feature records a second, so when river's ADWIN keeps its compiled ``_helper`` (every
-    release since 0.9) the helper's update, which answers the same flag, is mapped over the
+    20-feature records a second, so when river's ADWIN keeps its compiled ``_helper`` (river
+    0.26 does) the helper's update, which answers the same flag, is mapped over the
     values at C speed. river resets an ADWIN at the update that follows a detection; resetting
-    at once is the same thing. The tests check the positions against the public loop.
+    at once is the same thing. The tests check the positions against the public loop, and a
+    detector without the helper takes that loop.
     """
     fired: list[int] = []
     adwin: Any = detector  # river's ADWIN has no annotations
@@ -147,11 +150,17 @@ def psi(counts: Sequence[float] | np.ndarray, reference: Sequence[float] | np.nd
     """
     p = np.asarray(counts, dtype=np.float64)
     q = np.asarray(reference, dtype=np.float64)
-    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
+    if p.ndim != 1 or p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
         raise ValueError("psi needs two non-empty count vectors of the same length")
-    p = np.maximum(p / p.sum(), PSI_FLOOR)
-    q = np.maximum(q / q.sum(), PSI_FLOOR)
-    return float(np.sum((p - q) * np.log(p / q)))
+    return float(_psi_rows(p[None, :], q[None, :])[0])
+
+
+def _psi_rows(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """PSI of each row of ``counts`` against the same row of ``reference`` (rows non-empty)."""
+    p = np.maximum(counts / counts.sum(axis=1, keepdims=True), PSI_FLOOR)
+    q = np.maximum(reference / reference.sum(axis=1, keepdims=True), PSI_FLOOR)
+    result: np.ndarray = np.sum((p - q) * np.log(p / q), axis=1)
+    return result
 
 
 def _chi2_homogeneity_pvalue(window: np.ndarray, reference: np.ndarray) -> float:
@@ -227,6 +236,7 @@ def _usable(stats: Any) -> bool:
         and math.isfinite(mean)
         and math.isfinite(std)
         and std >= 0
+        and all(a <= b for a, b in itertools.pairwise(edges))
     )
 
 
@@ -345,12 +355,15 @@ class FeatureDriftMonitor:
             self._scale[j] = std if std > 0 else 1.0
             self._m2[j] = 1.0 if std > 0 else 0.0
         self._edges = [np.asarray(s["edges"], dtype=np.float64) for s in stats]
-        # Reference counts with an empty bin below the minimum and one above the maximum.
-        self._ref_counts = [
-            np.r_[0.0, np.asarray(s["counts"], dtype=np.float64), 0.0] for s in stats
-        ]
-        self._ref_rows = [int(c.sum()) for c in self._ref_counts]
-        self._ref_cdf = [np.cumsum(c)[:-1] / c.sum() for c in self._ref_counts]
+        # One row of buckets per watched feature: below the minimum, the reference bins, above
+        # the maximum, then empty padding up to the widest feature. Padding changes neither the
+        # PSI (empty on both sides) nor the KS (both CDFs are 1 there).
+        self._width = max((len(e) + 1 for e in self._edges), default=2)
+        self._ref_counts = np.zeros((len(stats), self._width))
+        for i, s in enumerate(stats):
+            self._ref_counts[i, 1 : len(s["counts"]) + 1] = s["counts"]
+        self._ref_rows = self._ref_counts.sum(axis=1)
+        self._ref_cdf = np.cumsum(self._ref_counts, axis=1)[:, :-1] / self._ref_rows[:, None]
         self._mean_adwin = [new_adwin(self.delta / k) for _ in self._watched]
         self._var_adwin = [new_adwin(self.var_delta) for _ in self._watched]
         self._crit = NormalDist().inv_cdf(1.0 - self.ks_alpha / (2.0 * k))
@@ -361,7 +374,7 @@ class FeatureDriftMonitor:
     def _new_window(self) -> None:
         self._win_start = self._records + 1
         self._win_records = 0
-        self._win_counts = [np.zeros(len(c)) for c in self._ref_counts]
+        self._win_counts = np.zeros_like(self._ref_counts)
         n = len(self.names)
         self._win_n, self._win_s1 = np.zeros(n), np.zeros(n)
         self._win_s2, self._win_s4 = np.zeros(n), np.zeros(n)
@@ -395,6 +408,10 @@ class FeatureDriftMonitor:
         Zf = Z if everywhere else np.where(finite, Z, 0.0)
         Z2 = Zf * Zf
         cols, squares = Zf.T.tolist(), Z2.T.tolist()
+        watched = len(self._watched)
+        # Flat bucket index per value, row i of the window counts at i * width; a skipped
+        # value goes to one extra bucket past the end.
+        buckets = np.empty((X.shape[0], watched), dtype=np.int64)
         for i, j in enumerate(self._watched):
             rows = None if everywhere else np.flatnonzero(finite[:, j])
             values = cols[j] if rows is None else Zf[rows, j].tolist()
@@ -404,12 +421,17 @@ class FeatureDriftMonitor:
             for hit in sorted(set(hits)):
                 row = hit if rows is None else int(rows[hit])
                 self._episodes[j].fire(first + row, float(stamps[row]))
-            x = X[:, j] if rows is None else X[rows, j]
-            edges = self._edges[i]
-            bins = np.searchsorted(edges[1:-1], x, side="right") + 1
-            bins[x < edges[0]] = 0
-            bins[x > edges[-1]] = len(edges)
-            self._win_counts[i] += np.bincount(bins, minlength=len(edges) + 1)
+            x, edges = X[:, j], self._edges[i]
+            column = np.searchsorted(edges[1:-1], x, side="right") + 1
+            column[x < edges[0]] = 0
+            column[x > edges[-1]] = len(edges)
+            column += i * self._width
+            if rows is not None:
+                column[~finite[:, j]] = watched * self._width
+            buckets[:, i] = column
+        size = watched * self._width
+        counts = np.bincount(buckets.ravel(), minlength=size + 1)[:size]
+        self._win_counts += counts.reshape(watched, self._width)
         self._win_n += finite.sum(axis=0)
         self._win_s1 += Zf.sum(axis=0)
         self._win_s2 += Z2.sum(axis=0)
@@ -421,18 +443,24 @@ class FeatureDriftMonitor:
 
     def _close_window(self, ts: float) -> None:
         k = len(self.names)
-        for i, j in enumerate(self._watched):
-            n = int(self._win_n[j])
-            if n < MIN_WINDOW_VALUES:
-                continue
-            counts, ref = self._win_counts[i], self._ref_counts[i]
+        n = self._win_n[self._watched]
+        judged = np.flatnonzero(n >= MIN_WINDOW_VALUES)
+        psis, kss = np.zeros(0), np.zeros(0)
+        if judged.size:
+            counts, seen = self._win_counts[judged], n[judged, None]
+            psis = _psi_rows(counts, self._ref_counts[judged])
+            gaps = np.cumsum(counts, axis=1)[:, :-1] / seen - self._ref_cdf[judged]
+            kss = np.abs(gaps).max(axis=1)
+        for i, psi_value, ks_value in zip(
+            judged.tolist(), psis.tolist(), kss.tolist(), strict=True
+        ):
+            j, rows = self._watched[i], int(self._ref_rows[i])
             episode = self._episodes[j]
-            episode.psi = psi(counts, ref)
-            episode.ks = float(np.max(np.abs(np.cumsum(counts)[:-1] / n - self._ref_cdf[i])))
-            p = ks_pvalue(episode.ks, n, self._ref_rows[i])
-            if p < self.ks_alpha / k or episode.psi >= self.psi_threshold:
+            episode.psi, episode.ks = psi_value, ks_value
+            p = ks_pvalue(ks_value, int(n[i]), rows)
+            if p < self.ks_alpha / k or psi_value >= self.psi_threshold:
                 episode.fire(self._records, ts)
-            elif self._near_reference(j, n, self._ref_rows[i]):
+            elif episode.drifting and self._near_reference(j, int(n[i]), rows):
                 episode.settle(self._win_start, self._records, ts)
         self._new_window()
 
@@ -486,7 +514,12 @@ class _ClassDrift:
         n_classes = len(self.classes)
         # One extra bucket for labels the reference never saw.
         self._ref = np.r_[np.asarray(self.counts, dtype=np.float64), 0.0]
-        self._adwins = [new_adwin(self.delta / n_classes) for _ in self.classes]
+        # ADWIN per class costs one update per class per prediction: watch the most common
+        # classes only; the windowed tests still see every class.
+        order = sorted(range(n_classes), key=lambda i: -self.counts[i])
+        self._adwin_classes = sorted(order[:MAX_ADWIN_CLASSES])
+        share = self.delta / len(self._adwin_classes)
+        self._adwins = [new_adwin(share) for _ in self._adwin_classes]
         self._episode = _Episode()
         self._records = 0
         self._win_start = 1
@@ -514,7 +547,7 @@ class _ClassDrift:
     def _update_segment(self, codes: np.ndarray, stamps: np.ndarray) -> None:
         first = self._records + 1
         hits: set[int] = set()
-        for c, adwin in enumerate(self._adwins):
+        for c, adwin in zip(self._adwin_classes, self._adwins, strict=True):
             hits.update(adwin_detections(adwin, (codes == c).astype(np.float64).tolist()))
         for row in sorted(hits):
             self._episode.fire(first + row, float(stamps[row]))
@@ -539,10 +572,11 @@ class _ClassDrift:
 class PredictionDriftMonitor:
     """Drift of what a version predicts, against the predictions on its training data.
 
-    A classifier's predicted class shares are watched with ADWIN(``delta / n_classes``) on each
-    class indicator and, every ``window`` predictions, a chi-square test (at ``alpha``) and the
-    PSI of the window's class counts against the reference counts; a label the reference never
-    saw counts in an extra bucket of reference share zero. ``ks`` is None for a classifier. A
+    A classifier's predicted class shares are watched with ADWIN(``delta / n``) on the indicator
+    of each of its n most common classes (at most ``MAX_ADWIN_CLASSES``) and, every ``window``
+    predictions, a chi-square test (at ``alpha``) and the PSI of the window's class counts
+    against the reference counts; a label the reference never saw counts in an extra bucket of
+    reference share zero. ``ks`` is None for a classifier. A
     regressor's predicted values are watched exactly like one feature by FeatureDriftMonitor
     (z-scored ADWINs, KS at ``alpha`` and PSI over the reference bins). The state turns
     "drifting" on any alarm and back to "ok" after a window within thresholds that started after

@@ -156,6 +156,38 @@ def test_change_of_shape_is_caught_by_the_windowed_ks() -> None:
     assert x["score"] == max(x["ks"], x["psi"])
 
 
+def test_training_data_replayed_is_exactly_its_reference() -> None:
+    # Integer features put many values right on the bin edges: the monitor must bin them as
+    # the registry did, or replaying the training rows would not give zero.
+    rng = np.random.default_rng(6)
+    train = np.column_stack(
+        [rng.integers(0, 6, 2000), rng.poisson(1.0, 2000), rng.normal(size=2000)]
+    ).astype(np.float64)
+    names = ["dice", "counts", "noise"]
+    reference = {n: reference_stats(train[:, j]) for j, n in enumerate(names)}
+    monitor = FeatureDriftMonitor(names, reference, window=2000)
+    monitor.update(train, ts=0.0)
+    features = monitor.status()["features"]
+    assert {n: (f["psi"], f["ks"]) for n, f in features.items()} == {n: (0.0, 0.0) for n in names}
+
+
+def test_many_predicted_classes() -> None:
+    rng = np.random.default_rng(13)
+    shares = rng.dirichlet(np.full(50, 2.0))
+    reference = {"classes": list(range(50)), "counts": rng.multinomial(20_000, shares).tolist()}
+    monitor = PredictionDriftMonitor(reference, task="classification")
+    for i in range(20):
+        monitor.update(rng.choice(50, size=BATCH, p=shares), ts=float(i))
+    assert monitor.status()["changed_at_record"] is None
+    moved = shares.copy()
+    top, rare = int(np.argmax(shares)), int(np.argmin(shares))
+    moved[top], moved[rare] = shares[rare], shares[top]
+    monitor.update(rng.choice(50, size=BATCH, p=moved), ts=20.0)
+    status = monitor.status()
+    assert status["state"] == "drifting"
+    assert 20_000 < status["changed_at_record"] <= 21_000
+
+
 def test_missing_values_are_skipped() -> None:
     rng = np.random.default_rng(9)
     mu, sd, reference = population(rng)
