@@ -4,6 +4,7 @@ serves, pickling mid-stream (the sidecar checkpoints its whole state), and the d
 from __future__ import annotations
 
 import doctest
+import json
 import math
 import pickle
 from collections.abc import Callable
@@ -371,3 +372,5 @@ def test_pickle_mid_stream_then_continue_matches_an_uninterrupted_run(
         feed(resumed, rng_b, step)
     assert resumed.status() == straight.status()
     assert pickle.loads(pickle.dumps(straight)).status() == straight.status()
+    # The status is served as JSON as it is: plain Python numbers, nothing infinite.
+    assert json.loads(json.dumps(straight.status(), allow_nan=False)) == straight.status()
