@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.admin import ADMIN_ROUTES
 from gateway.config import GatewayConfig, load_config
 from gateway.endpoints import ROUTES, json_response
 from gateway.errors import GatewayError, Overloaded
@@ -61,7 +62,7 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
             await gateway.stop()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *ADMIN_ROUTES],
         lifespan=lifespan,
         exception_handlers={
             GatewayError: _gateway_error,

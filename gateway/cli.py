@@ -11,9 +11,10 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.errors import ConfigError, RegistryError
@@ -142,6 +143,79 @@ def cmd_log_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from gateway import audit, rollout
+
+    path = Path(_config_path(args.config) or "gatewatch.toml")
+    if not path.is_file():
+        raise ConfigError(str(path), "no config file to edit (use --config)")
+    changes: list[tuple[str, rollout.Change]] = []
+    if args.canary is not None:
+        if args.weight is None:
+            raise ConfigError("--canary", "needs --weight W (the share of traffic, 0..1)")
+        changes.append(
+            (
+                f"canary v{args.canary} at weight {args.weight}",
+                rollout.set_canary(args.canary, args.weight),
+            )
+        )
+    elif args.weight is not None:
+        changes.append((f"canary weight {args.weight}", rollout.set_weight(args.weight)))
+    if args.primary is not None:
+        changes.append((f"primary v{args.primary}", rollout.set_primary(args.primary)))
+    for v in args.shadow or []:
+        changes.append((f"shadow v{v}", rollout.add_shadow(v)))
+    for v in args.no_shadow or []:
+        changes.append((f"no shadow v{v}", rollout.remove_shadow(v)))
+    if args.promote:
+        changes.append(("promote the canary", rollout.promote()))
+    if args.rollback:
+        changes.append(("roll back the canary", rollout.rollback()))
+    if args.pause or args.resume:
+        changes.append(
+            (
+                "pause automatic rollout" if args.pause else "resume automatic rollout",
+                rollout.set_paused(args.pause),
+            )
+        )
+    if not changes:
+        raise ConfigError("rollout", "nothing to change (see gatewatch rollout --help)")
+
+    def apply(table: Any) -> None:
+        for _, change in changes:
+            change(table)
+
+    before, after = rollout.edit_routing(path, args.name, apply)
+    what = "; ".join(text for text, _ in changes)
+    audit.append(
+        audit.audit_path(path.resolve()),
+        who=audit.cli_user(),
+        action="edit",
+        model=args.name,
+        before=before,
+        after=after,
+        why=args.reason or what,
+    )
+    print(f"{args.name}: {what}\n  before {json.dumps(before)}\n  after  {json.dumps(after)}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gateway import audit
+
+    config_path = _config_path(args.config)
+    path = audit.audit_path(Path(config_path).resolve() if config_path else None, args.file)
+    if path is None:
+        raise ConfigError("audit", "no config file: pass --config or --file")
+    for entry in audit.read(path, args.model):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["ts"]))
+        detail = f"{json.dumps(entry.get('before'))} -> {json.dumps(entry.get('after'))}"
+        print(
+            f"{when}  {entry['who']:<16} {entry['action']:<16} {entry.get('model') or '-':<12} {detail}  {entry.get('why') or ''}"
+        )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -196,6 +270,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_log_tail)
     p = logsub.add_parser("stats", help="counts per model, version and role, and the time span")
     p.set_defaults(handler=cmd_log_stats)
+
+    ro = sub.add_parser(
+        "rollout", help="change a model's canary, shadows or primary in gatewatch.toml"
+    )
+    ro.add_argument("name", help="model name")
+    ro.add_argument("--config", help="gatewatch.toml (default: ./gatewatch.toml)")
+    ro.add_argument(
+        "--canary", type=int, metavar="V", help="make version V the canary (with --weight)"
+    )
+    ro.add_argument("--weight", type=float, metavar="W", help="canary share of traffic, 0..1")
+    ro.add_argument("--primary", type=int, metavar="V", help="make version V the primary")
+    ro.add_argument("--shadow", type=int, action="append", metavar="V", help="mirror traffic to V")
+    ro.add_argument(
+        "--no-shadow", type=int, action="append", metavar="V", help="stop mirroring to V"
+    )
+    ro.add_argument("--promote", action="store_true", help="the canary becomes the primary")
+    ro.add_argument("--rollback", action="store_true", help="remove the canary")
+    ro.add_argument("--pause", action="store_true", help="stop automatic rollout decisions")
+    ro.add_argument("--resume", action="store_true", help="resume automatic rollout decisions")
+    ro.add_argument("--reason", help="why, for the audit trail")
+    ro.set_defaults(handler=cmd_rollout)
+
+    au = sub.add_parser("audit", help="print the audit trail of routing changes")
+    au.add_argument("--config", help="gatewatch.toml (the trail is audit.jsonl beside it)")
+    au.add_argument("--file", help="read this audit file instead")
+    au.add_argument("--model", help="only this model")
+    au.set_defaults(handler=cmd_audit)
 
     demo = sub.add_parser("demo", help="train demo models, serve them, send traffic, stop")
     demo.add_argument("--dir", default="demo", help="working folder (default: ./demo)")

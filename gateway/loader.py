@@ -62,10 +62,12 @@ def _load(
     allow_pickle: bool,
 ) -> tuple[Model, bool]:
     manifest = read_manifest(root, name, version)
+    # Checked again even for a version already in memory: a reload must notice a file that
+    # was tampered with or corrupted since, rather than keep vouching for it.
+    artifact = verify_artifact(root, manifest)
     old = previous.get((name, version))
     if old is not None and old.manifest.get("sha256") == manifest["sha256"]:
         return old, True
-    artifact = verify_artifact(root, manifest)
     return load_model(artifact, manifest, allow_pickle=allow_pickle), False
 
 

@@ -8,8 +8,11 @@ queue, shadow work into a bounded queue served by its own thread, metrics are co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import GatewayConfig
+from gateway import audit
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidInput
 from gateway.loader import build_table
 from gateway.metrics import GatewayMetrics
 from gateway.models import Model, Prediction
 from gateway.predlog import PredictionLog
-from gateway.routing import Route, RoutingTable
+from gateway.registry import list_models, list_versions
+from gateway.routing import ModelRoutes, Route, RoutingTable
 
 __all__ = ["Gateway", "Outcome", "PredictError"]
 
@@ -45,6 +50,18 @@ class Outcome:
     route: Route
     prediction: Prediction
     latency_ms: float
+
+
+def routing_view(routes: ModelRoutes | None) -> dict[str, Any] | None:
+    if routes is None:
+        return None
+    return {
+        "primary": routes.primary,
+        "canary": {"version": routes.canary, "weight": routes.weight} if routes.canary else None,
+        "shadow": list(routes.shadows),
+        "sticky_header": routes.sticky_header,
+        "loaded": sorted(routes.versions),
+    }
 
 
 def outputs_of(model: Model, prediction: Prediction) -> list[list[float]]:
@@ -68,6 +85,10 @@ class Gateway:
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewatch-shadow")
         self._shadow_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self.audit_path = audit.audit_path(config.path)
+        self.watch_interval = 0.5
 
     async def start(self) -> None:
         table, report = await asyncio.to_thread(build_table, self.config, None)
@@ -79,11 +100,17 @@ class Gateway:
         await self.predlog.start()
         self._shadow_task = asyncio.create_task(self._shadow_worker())
         self._metrics_task = asyncio.create_task(self._refresh_metrics())
+        self._watch_task = asyncio.create_task(self._watch())
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            # Only the main thread of a process can take signals (not a test's server thread).
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP", who="signal"))
+            )
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        tasks = [t for t in (self._shadow_task, self._metrics_task) if t is not None]
+        tasks = [t for t in (self._shadow_task, self._metrics_task, self._watch_task) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -125,6 +152,112 @@ class Gateway:
                 self._shadow_queue.put_nowait((shadow, X, request_id))
             except asyncio.QueueFull:
                 self.metrics.shadow_dropped.labels(name).inc()
+
+    def _signature(self) -> tuple[Any, ...]:
+        """What a reload depends on: the config file's identity and the registry's versions."""
+        path = self.config.path
+        stat = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                stat = (st.st_mtime_ns, st.st_size, st.st_ino)
+        root = self.config.registry
+        versions = tuple((m, tuple(list_versions(root, m))) for m in list_models(root))
+        return stat, versions
+
+    async def _watch(self) -> None:
+        """Poll the config file and the registry; reload when either changes.
+
+        Polling rather than inotify: the config's folder usually also holds the prediction log,
+        whose constant writes would flood a directory watch, and a stat twice a second is cheap.
+        """
+        seen = await asyncio.to_thread(self._signature)
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            try:
+                now = await asyncio.to_thread(self._signature)
+            except Exception:
+                log.exception("reading the registry to watch it failed")
+                continue
+            if now != seen:
+                reason = "config file changed" if now[0] != seen[0] else "registry changed"
+                seen = now
+                await self.reload(reason, who="watch")
+
+    async def reload(self, reason: str, *, who: str = "gateway") -> bool:
+        """Validate and load a new table off the event loop, then swap it in; False if refused.
+
+        Requests already running keep the model object they picked, so they finish on it; a
+        version no longer referenced by the table is freed once they are done.
+        """
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config.path) if self.config.path else self.config
+                table, report = await asyncio.to_thread(build_table, config, self.table)
+            except Exception as exc:
+                error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                self.last_reload = {
+                    "at": time.time(),
+                    "ok": False,
+                    "error": error,
+                    "reason": reason,
+                }
+                self.metrics.mark_reload(False)
+                log.error(
+                    "reload refused (%s): %s; the last good config keeps serving", reason, error
+                )
+                audit.append(
+                    self.audit_path, who=who, action="reload_refused", why=f"{reason}: {error}"
+                )
+                return False
+            old = self.table
+            self.config = config
+            self.table = table
+            self.last_reload = {"at": time.time(), "ok": True, "error": None, "reason": reason}
+            self.metrics.mark_reload(True)
+        for name, version, why in report.refused:
+            self.metrics.load_failures.labels(name).inc()
+            audit.append(
+                self.audit_path,
+                who=who,
+                action="version_refused",
+                model=name,
+                after=version,
+                why=why,
+            )
+        for name, version in report.loaded:
+            audit.append(
+                self.audit_path,
+                who=who,
+                action="version_loaded",
+                model=name,
+                after=version,
+                why=reason,
+            )
+        for name in sorted(set(old.models) | set(table.models)):
+            before = routing_view(old.models.get(name))
+            after = routing_view(table.models.get(name))
+            if before != after:
+                audit.append(
+                    self.audit_path,
+                    who=who,
+                    action="reload",
+                    model=name,
+                    before=before,
+                    after=after,
+                    why=reason,
+                )
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "config": str(self.config.path) if self.config.path else None,
+            "registry": str(self.config.registry),
+            "last_reload": self.last_reload,
+            "models": {name: routing_view(r) for name, r in sorted(self.table.models.items())},
+            "predlog": {**self.predlog_counters(), "queued": self.predlog.queued},
+        }
 
     async def _refresh_metrics(self) -> None:
         """Publish the log writer's counters every second (each worker publishes its own)."""

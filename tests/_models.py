@@ -95,3 +95,31 @@ def push_linreg(registry: Path, work: Path, name: str = "price") -> int:
         == 0
     )
     return max(int(p.name) for p in (registry / name).iterdir())
+
+
+def push_gated(registry: Path, work: Path, mode: str, name: str = "churn") -> int:
+    """Push a classifier that blocks or raises while tests._blockers.ARMED is set."""
+    from tests._blockers import GatedClassifier
+
+    X, y = make_data()
+    model = GatedClassifier(LogisticRegression(max_iter=500).fit(X, y), mode=mode).fit(X, y)
+    artifact = work / f"gated-{mode}.joblib"
+    joblib.dump(model, artifact)
+    data = write_csv(work / "gated.csv", X, y)
+    code = gatewatch(
+        [
+            "registry",
+            "--registry",
+            str(registry),
+            "push",
+            name,
+            "--model",
+            str(artifact),
+            "--train-data",
+            str(data),
+            "--target",
+            "label",
+        ]
+    )
+    assert code == 0
+    return max(int(p.name) for p in (registry / name).iterdir())
