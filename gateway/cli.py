@@ -216,6 +216,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    from sidecar.cli import main as sidecar_main
+
+    return sidecar_main(list(args.rest))
+
+
+def cmd_webhook_test(args: argparse.Namespace) -> int:
+    from sidecar.delivery import webhook_test_main
+
+    path = _config_path(args.config)
+    if path is None:
+        raise ConfigError("webhook", "no gatewatch.toml here: pass --config")
+    return webhook_test_main(path, args.name)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -298,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--model", help="only this model")
     au.set_defaults(handler=cmd_audit)
 
+    sc = sub.add_parser(
+        "sidecar", help="run the sidecar (drift, accuracy, alerts, rollouts, dashboard)"
+    )
+    sc.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="--config gatewatch.toml [--log-level info]"
+    )
+    sc.set_defaults(handler=cmd_sidecar)
+
+    wh = sub.add_parser("webhook", help="check a [[webhooks]] target")
+    whsub = wh.add_subparsers(dest="webhook_command", required=True)
+    p = whsub.add_parser("test", help="send a test event to one target and print the answer")
+    p.add_argument("name", help="the webhook's name in gatewatch.toml")
+    p.add_argument("--config", help="gatewatch.toml (default: ./gatewatch.toml)")
+    p.set_defaults(handler=cmd_webhook_test)
+
     demo = sub.add_parser("demo", help="train demo models, serve them, send traffic, stop")
     demo.add_argument("--dir", default="demo", help="working folder (default: ./demo)")
     demo.set_defaults(handler=cmd_demo)
@@ -305,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sidecar"]:
+        # The sidecar has its own parser; hand it everything after the subcommand.
+        args = argparse.Namespace(rest=argv[1:])
+        return cmd_sidecar(args)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
