@@ -545,7 +545,9 @@ class Engine:
             if label is not None:
                 version.score(prediction, record.get("outputs"), label)
             else:
-                pending = (name, number, _frozen(prediction), _frozen(record.get("outputs")))
+                # Class probabilities only serve the log loss: kept when there are classes.
+                outputs = _frozen(record.get("outputs")) if version.classes else None
+                pending = (name, number, _frozen(prediction), outputs)
                 self._predictions.put(rid, ts, pending)
         waiting = self._shadows.pop(rid) if len(self._shadows) else None
         if waiting is not None:
