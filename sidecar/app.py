@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.predlog import LogReader, open_reader
+from sidecar.actions import Actions, ActionsCollector, actions_routes
 from sidecar.config import SidecarConfig
 from sidecar.engine import Engine
 from sidecar.state import Checkpoint, encode_checkpoint, load_checkpoint, write_checkpoint
@@ -385,16 +386,24 @@ def create_app(config: SidecarConfig, *, extra_routes: Sequence[BaseRoute] = ())
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         sidecar = Sidecar(config)
+        actions = Actions(config, sidecar.extra)
+        sidecar.listeners.append(actions.on_batch)
         await sidecar.start()
+        # After the checkpoint is restored into sidecar.extra, before the consumer's first batch.
+        await actions.start()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(SidecarCollector(sidecar))
+        registry.register(ActionsCollector(actions))
         try:
-            yield {"sidecar": sidecar, "metrics": registry}
+            yield {"sidecar": sidecar, "metrics": registry, "actions": actions}
         finally:
+            # The consumer stops (and saves) first, so every event it committed is delivered
+            # or stays in the outbox for the next start.
             await sidecar.stop()
+            await actions.stop()
 
     return Starlette(
-        routes=[*routes(), *extra_routes],
+        routes=[*routes(), *actions_routes(), *extra_routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _http_error},
     )

@@ -133,6 +133,10 @@ class Deliverer:
     def targets(self) -> dict[str, WebhookTarget]:
         return dict(self._targets)
 
+    def wake(self) -> None:
+        """Have the worker look at the outbox now (call it on the loop's thread)."""
+        self._wake.set()
+
     def set_targets(self, targets: Mapping[str, WebhookTarget]) -> None:
         """Swap in a reloaded `[[webhooks]]` set; pending deliveries follow the target's name."""
         self._targets = dict(targets)
