@@ -22,6 +22,7 @@ Bounded memory, all measured in records, never in wall-clock time:
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -137,9 +138,14 @@ class _Store:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, key: str, ts: float, value: Any) -> None:
+    def put(self, key: str, ts: float, value: Any) -> float:
+        """Add an entry; returns when the oldest entry expires (for ``Engine._advance``)."""
         self._items[key] = value
-        self._order.append((ts, key))
+        order = self._order
+        order.append((ts, key))
+        while len(order) > self.size:
+            self._forget(order.popleft()[1])
+        return order[0][0] + self.ttl
 
     def get(self, key: str) -> Any:
         return self._items.get(key)
@@ -161,12 +167,18 @@ class _Store:
         self._items = {key: _frozen(value) for key, value in orjson.loads(state["items"]).items()}
         self._order = deque((ts, key) for ts, key in orjson.loads(state["order"]))
 
-    def trim(self, newest_ts: float) -> None:
+    def trim(self, newest_ts: float) -> float:
+        """Forget entries older than the TTL, from the oldest inserted on; returns when the
+        oldest remaining entry expires."""
         cutoff = newest_ts - self.ttl
         order = self._order
-        while order and (len(order) > self.size or order[0][0] < cutoff):
-            if self._items.pop(order.popleft()[1], _MISSING) is not _MISSING:
-                self.expired += 1
+        while order and order[0][0] < cutoff:
+            self._forget(order.popleft()[1])
+        return order[0][0] + self.ttl if order else math.inf
+
+    def _forget(self, key: str) -> None:
+        if self._items.pop(key, _MISSING) is not _MISSING:
+            self.expired += 1
 
 
 class _Buffer:
@@ -436,6 +448,7 @@ class Engine:
         self._shadows = _Store(SHADOW_TTL, MAX_SHADOW)
         self.redelivered = 0
         """Records redelivered by the reader after a restart and ignored (not state)."""
+        self._next_expiry = -math.inf  # not state: the first record after a restore trims
 
     @property
     def records(self) -> int:
@@ -464,10 +477,13 @@ class Engine:
         """Count and monitor records in log order; malformed ones are counted as invalid."""
         buffers: dict[_Version, _Buffer] = {}
         for record in records:
-            if record.get("kind") == "feedback":
+            kind = record.get("kind")
+            if kind is None or kind == "prediction":
+                self._on_prediction(record, buffers)
+            elif kind == "feedback":
                 self._on_feedback(record)
             else:
-                self._on_prediction(record, buffers)
+                self._invalid += 1
         for version, buffer in buffers.items():
             version.flush(buffer)
 
@@ -479,13 +495,21 @@ class Engine:
             self._duplicates += 1
 
     def _advance(self, ts: float) -> None:
-        if self._newest_ts is None or ts > self._newest_ts:
-            self._newest_ts = ts
+        """Move the record clock; the stores are trimmed only once their oldest entry expired
+        (one comparison per record instead of four trims)."""
         newest = self._newest_ts
-        self._predictions.trim(newest)
-        self._labels.trim(newest)
-        self._served.trim(newest)
-        self._shadows.trim(newest)
+        if newest is None or ts > newest:
+            self._newest_ts = newest = ts
+        if newest > self._next_expiry:
+            self._next_expiry = min(
+                self._predictions.trim(newest),
+                self._labels.trim(newest),
+                self._served.trim(newest),
+                self._shadows.trim(newest),
+            )
+
+    def _put(self, store: _Store, rid: str, ts: float, value: Any) -> None:
+        self._next_expiry = min(self._next_expiry, store.put(rid, ts, value))
 
     def _on_prediction(self, record: Mapping[str, Any], buffers: dict[_Version, _Buffer]) -> None:
         rid, ts = record.get("id"), record.get("ts")
@@ -498,7 +522,6 @@ class Engine:
             or type(number) is not int
             or role not in _ROLES
             or type(status) is not int
-            or record.get("kind", "prediction") != "prediction"
         ):
             self._invalid += 1
             return
@@ -548,13 +571,13 @@ class Engine:
                 # Class probabilities only serve the log loss: kept when there are classes.
                 outputs = _frozen(record.get("outputs")) if version.classes else None
                 pending = (name, number, _frozen(prediction), outputs)
-                self._predictions.put(rid, ts, pending)
+                self._put(self._predictions, rid, ts, pending)
         waiting = self._shadows.pop(rid) if len(self._shadows) else None
         if waiting is not None:
             for shadow, shadow_prediction in waiting:
                 self._pair(model.versions[shadow], shadow_prediction, role, prediction)
         if model.shadows:
-            self._served.put(rid, ts, (name, role, _frozen(prediction)))
+            self._put(self._served, rid, ts, (name, role, _frozen(prediction)))
 
     def _on_shadow(
         self, model: _Model, version: _Version, rid: str, ts: float, prediction: list[Any]
@@ -567,7 +590,7 @@ class Engine:
             return
         waiting = self._shadows.get(rid)
         if waiting is None:
-            self._shadows.put(rid, ts, [(version.version, prediction)])
+            self._put(self._shadows, rid, ts, [(version.version, prediction)])
         else:
             waiting.append((version.version, prediction))
 
@@ -597,7 +620,7 @@ class Engine:
             name, number, prediction, outputs = pending
             self._models[name].versions[number].score(prediction, outputs, label)
         else:
-            self._labels.put(rid, ts, _frozen(label))
+            self._put(self._labels, rid, ts, _frozen(label))
 
     def _new_version(self, name: str, number: int, record: Mapping[str, Any]) -> _Version:
         """Build a version's monitors from its manifest; without one, count traffic and guess
