@@ -25,20 +25,7 @@ from sidecar.monitors import (
     RegressionAccuracy,
     TrafficMonitor,
 )
-
-
-def reference_stats(values: np.ndarray) -> dict[str, Any]:
-    """Reference statistics as the registry writes them (10 quantile bins, mean, std, ...)."""
-    edges = np.quantile(values, np.linspace(0.0, 1.0, 11))
-    counts = np.bincount(np.searchsorted(edges[1:-1], values, side="right"), minlength=10)
-    return {
-        "edges": edges.tolist(),
-        "counts": counts.tolist(),
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }
+from tests.sidecar.test_drift_statistics import reference_stats
 
 
 @pytest.mark.parametrize("module", [sidecar.monitors, sidecar.drift], ids=lambda m: m.__name__)
