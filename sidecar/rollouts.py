@@ -39,6 +39,7 @@ class RolloutPolicy:
     alpha: float = 0.05
     max_error_rate_increase: float = 0.01
     max_latency_p95_ratio: float = 1.5
+    latency_slack_ms: float = 10.0
     max_accuracy_drop: float = 0.02
     max_mae_increase_ratio: float = 0.05
     min_shadow_agreement: float = 0.9

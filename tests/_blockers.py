@@ -50,3 +50,39 @@ def reset() -> None:
     ARMED.clear()
     ENTERED.clear()
     RELEASE.clear()
+
+
+def _row_hash(X: np.ndarray) -> np.ndarray:
+    """A stable number in [0, 1) per row, so a model's mistakes are the same every run."""
+    keys = np.abs(
+        np.round(X[:, 0] * 1e6).astype(np.int64) * 2654435761
+        + np.round(X[:, 1] * 1e6).astype(np.int64)
+    )
+    return (keys % 10_000) / 10_000.0
+
+
+class FlakyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Wraps a fitted binary classifier: answers wrong on a share `flip` of rows, and raises
+    for a share `fail` of requests (a row-hash decides, so runs are repeatable)."""
+
+    def __init__(self, inner: Any = None, flip: float = 0.0, fail: float = 0.0) -> None:
+        self.inner = inner
+        self.flip = flip
+        self.fail = fail
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> FlakyClassifier:
+        self.classes_ = self.inner.classes_
+        self.n_features_in_ = self.inner.n_features_in_
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        h = _row_hash(X)
+        if ARMED.is_set() and self.fail and h[0] >= 1 - self.fail:
+            raise RuntimeError("flaky model failed on purpose")
+        proba = np.asarray(self.inner.predict_proba(X))
+        flipped = h < self.flip
+        proba[flipped] = proba[flipped][:, ::-1]
+        return proba
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]  # type: ignore[no-any-return]

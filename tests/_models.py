@@ -123,3 +123,36 @@ def push_gated(registry: Path, work: Path, mode: str, name: str = "churn") -> in
     )
     assert code == 0
     return max(int(p.name) for p in (registry / name).iterdir())
+
+
+def push_flaky(
+    registry: Path, work: Path, *, flip: float = 0.0, fail: float = 0.0, name: str = "churn"
+) -> int:
+    """Push a 20-feature classifier that is wrong on a share `flip` of rows and raises on a share
+    `fail` of requests while tests._blockers.ARMED is set."""
+    from tests._blockers import FlakyClassifier
+
+    X, y = make_data()
+    model = FlakyClassifier(LogisticRegression(max_iter=500).fit(X, y), flip=flip, fail=fail).fit(
+        X, y
+    )
+    artifact = work / f"flaky-{flip}-{fail}.joblib"
+    joblib.dump(model, artifact)
+    data = write_csv(work / "flaky.csv", X, y)
+    code = gatewatch(
+        [
+            "registry",
+            "--registry",
+            str(registry),
+            "push",
+            name,
+            "--model",
+            str(artifact),
+            "--train-data",
+            str(data),
+            "--target",
+            "label",
+        ]
+    )
+    assert code == 0
+    return max(int(p.name) for p in (registry / name).iterdir())

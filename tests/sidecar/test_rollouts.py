@@ -115,7 +115,7 @@ def test_better_canary_is_promoted_step_by_step() -> None:
     [
         pytest.param(Arm(accuracy=0.75), id="10-points-worse"),
         pytest.param(Arm(error_rate=0.05), id="5pct-server-errors"),
-        pytest.param(Arm(p95=6.0), id="slow"),
+        pytest.param(Arm(p95=30.0), id="slow"),
     ],
 )
 @pytest.mark.parametrize("seed", range(5))
