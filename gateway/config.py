@@ -61,6 +61,7 @@ class GatewayConfig:
     predict_timeout: float = 30.0
     max_in_flight: int = 1024
     shadow_queue: int = 1000
+    batching: bool = True
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     workers: int = 1
@@ -199,14 +200,16 @@ def parse_config(
             kwargs["registry"] = value
         elif key == "listen":
             kwargs["listen"] = _listen("gateway.listen", value)
-        elif key == "allow_pickle":
+        elif key in ("allow_pickle", "batching"):
             if not isinstance(value, bool):
-                raise ConfigError("gateway.allow_pickle", f"must be true or false, got {value!r}")
-            kwargs["allow_pickle"] = value
+                raise ConfigError(f"gateway.{key}", f"must be true or false, got {value!r}")
+            kwargs[key] = value
         elif key in _GATEWAY_KEYS:
             kwargs[key] = _GATEWAY_KEYS[key](f"gateway.{key}", value)
         else:
-            known = ", ".join(sorted({"registry", "listen", "allow_pickle", *_GATEWAY_KEYS}))
+            known = ", ".join(
+                sorted({"registry", "listen", "allow_pickle", "batching", *_GATEWAY_KEYS})
+            )
             raise ConfigError(f"gateway.{key}", f"unknown key (known: {known})")
     if environ.get("GATEWATCH_REGISTRY"):
         kwargs["registry"] = environ["GATEWATCH_REGISTRY"]

@@ -8,7 +8,7 @@ a JSON header followed by raw little-endian tensors) that Triton's clients use.
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from gateway.errors import InvalidInput
 __all__ = [
     "InferRequest",
     "encode_json",
+    "new_request_id",
     "parse_infer",
     "parse_v1",
     "render_infer",
@@ -66,10 +67,15 @@ def _load_json(raw: bytes) -> Any:
         raise InvalidInput(f"body is not valid JSON: {exc}") from None
 
 
+def new_request_id() -> str:
+    """32 random hex digits, like uuid4().hex but without building a UUID (2 µs -> 1 µs)."""
+    return os.urandom(16).hex()
+
+
 def _request_id(body: Mapping[str, Any]) -> str:
     rid = body.get("id")
     if rid is None:
-        return uuid.uuid4().hex
+        return new_request_id()
     if not isinstance(rid, str) or not rid or len(rid) > _MAX_ID:
         raise InvalidInput(f"id must be a non-empty string of at most {_MAX_ID} characters")
     return rid

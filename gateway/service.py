@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
 
 from gateway import audit
+from gateway.batching import Batcher, BatchSettings
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidInput
 from gateway.loader import build_table
@@ -89,6 +91,22 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.audit_path = audit.audit_path(config.path)
         self.watch_interval = 0.5
+        self._batchers: dict[tuple[str, int], Batcher] = {}
+        # prometheus_client's labels() takes a lock and builds a key on every call; the
+        # children of the per-request counter are looked up once per (model, version, route).
+        self._answered: dict[tuple[str, int, str], Any] = {}
+        self._batches = Counter(
+            "gatewatch_batches",
+            "Batched predict calls by result (ok | error)",
+            ["model", "version", "result"],
+            registry=self.metrics.registry,
+        )
+        self._batched = Counter(
+            "gatewatch_batched_requests",
+            "Requests answered by batched predict calls (divide by batches for the mean size)",
+            ["model", "version"],
+            registry=self.metrics.registry,
+        )
 
     async def start(self) -> None:
         table, report = await asyncio.to_thread(build_table, self.config, None)
@@ -98,6 +116,7 @@ class Gateway:
         self.last_reload = {"at": time.time(), "ok": True, "error": None}
         self.metrics.mark_reload(True)
         await self.predlog.start()
+        self._sync_batchers()
         self._shadow_task = asyncio.create_task(self._shadow_worker())
         self._metrics_task = asyncio.create_task(self._refresh_metrics())
         self._watch_task = asyncio.create_task(self._watch())
@@ -114,6 +133,8 @@ class Gateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        batchers, self._batchers = list(self._batchers.values()), {}
+        await asyncio.gather(*(b.close() for b in batchers), return_exceptions=True)
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         await self.predlog.close()
 
@@ -127,23 +148,102 @@ class Gateway:
         return table.pick(name, version, sticky, self.rng)
 
     def predict(self, model: Model, route: Route, X: np.ndarray, request_id: str) -> Outcome:
-        name = model.name
+        """Predict inline, on the caller's thread: the unbatched path."""
         start = time.perf_counter()
         try:
             prediction = model.predict(X)
         except Exception as exc:
-            latency = (time.perf_counter() - start) * 1000.0
-            self.metrics.predict_errors.labels(name, str(model.version)).inc()
-            self._log(
-                model, route, request_id, X, None, latency, 500, f"{type(exc).__name__}: {exc}"
-            )
-            log.exception("%s v%d failed to predict", name, model.version)
-            raise PredictError(
-                f"model {name} v{model.version} failed to predict: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failed(model, route, request_id, X, exc, start) from exc
         latency = (time.perf_counter() - start) * 1000.0
         self._log(model, route, request_id, X, prediction, latency, 200, None)
         return Outcome(model, route, prediction, latency)
+
+    async def infer(self, model: Model, route: Route, X: np.ndarray, request_id: str) -> Outcome:
+        """Predict through the version's batcher when batching is on, else inline.
+
+        The logged latency is the request's own: its wait for the batch plus the batch's call.
+        """
+        batcher = self._batchers.get((model.name, model.version))
+        if batcher is None or batcher.model is not model or batcher.closing:
+            return self.predict(model, route, X, request_id)
+        start = time.perf_counter()
+        try:
+            prediction = await batcher.predict(X)
+        except Exception as exc:
+            raise self._failed(model, route, request_id, X, exc, start) from exc
+        latency = (time.perf_counter() - start) * 1000.0
+        self._log(model, route, request_id, X, prediction, latency, 200, None)
+        return Outcome(model, route, prediction, latency)
+
+    def _failed(
+        self,
+        model: Model,
+        route: Route,
+        request_id: str,
+        X: np.ndarray,
+        exc: Exception,
+        start: float,
+    ) -> PredictError:
+        """Count, log and describe a prediction the model could not make."""
+        name = model.name
+        latency = (time.perf_counter() - start) * 1000.0
+        self.metrics.predict_errors.labels(name, str(model.version)).inc()
+        self._log(model, route, request_id, X, None, latency, 500, f"{type(exc).__name__}: {exc}")
+        log.error("%s v%d failed to predict", name, model.version, exc_info=exc)
+        return PredictError(
+            f"model {name} v{model.version} failed to predict: {type(exc).__name__}: {exc}"
+        )
+
+    def count_answer(self, model: Model, route: Route) -> None:
+        """One more answered prediction in gatewatch_requests_total."""
+        key = (model.name, model.version, route)
+        child = self._answered.get(key)
+        if child is None:
+            child = self.metrics.requests.labels(model.name, str(model.version), route, "200")
+            self._answered[key] = child
+        child.inc()
+
+    def batch_settings(self, name: str) -> BatchSettings | None:
+        """How `name`'s batches close under the current config; None when batching is off."""
+        config = self.config
+        if not config.batching:
+            return None
+        mc = config.models.get(name)
+        size = mc.max_batch_size if mc and mc.max_batch_size is not None else config.max_batch_size
+        wait = mc.max_wait_ms if mc and mc.max_wait_ms is not None else config.max_wait_ms
+        if size <= 1:
+            return None
+        return BatchSettings(size, wait, config.max_batch_rows)
+
+    def _sync_batchers(self) -> list[Batcher]:
+        """Give every loaded version of the table a batcher with its settings.
+
+        Returns the batchers no longer wanted; the caller closes them (they first answer what
+        they hold). Runs on the event loop, in the lifespan or a reload.
+        """
+        wanted: dict[tuple[str, int], tuple[Model, BatchSettings]] = {}
+        for name, routes in self.table.models.items():
+            settings = self.batch_settings(name)
+            if settings is not None:
+                for version, model in routes.versions.items():
+                    wanted[(name, version)] = (model, settings)
+        old = self._batchers
+        kept: dict[tuple[str, int], Batcher] = {}
+        for key, (model, settings) in wanted.items():
+            batcher = old.get(key)
+            if batcher is not None and batcher.model is model and batcher.settings == settings:
+                kept[key] = batcher
+            else:
+                kept[key] = Batcher(model, settings, observer=self._observe_batch)
+        self._batchers = kept
+        return [b for key, b in old.items() if kept.get(key) is not b]
+
+    def _observe_batch(
+        self, model: Model, requests: int, rows: int, error: BaseException | None
+    ) -> None:
+        version = str(model.version)
+        self._batches.labels(model.name, version, "ok" if error is None else "error").inc()
+        self._batched.labels(model.name, version).inc(requests)
 
     def mirror(self, name: str, X: np.ndarray, request_id: str) -> None:
         """Queue the request for every shadow version; called once the answer is on its way."""
@@ -213,8 +313,11 @@ class Gateway:
             old = self.table
             self.config = config
             self.table = table
+            retired = self._sync_batchers()
             self.last_reload = {"at": time.time(), "ok": True, "error": None, "reason": reason}
             self.metrics.mark_reload(True)
+        # Requests that picked a retired batcher's version are answered before it stops.
+        await asyncio.gather(*(b.close() for b in retired), return_exceptions=True)
         for name, version, why in report.refused:
             self.metrics.load_failures.labels(name).inc()
             audit.append(
@@ -266,28 +369,56 @@ class Gateway:
             await asyncio.sleep(1.0)
 
     async def _shadow_worker(self) -> None:
+        """Predict queued shadow work in the shadow thread, one stacked call per version.
+
+        Under load the queue holds many requests for the same shadow; stacking them keeps the
+        shadow's cost per request as low as the batched primary's (the thread shares the core).
+        """
         loop = asyncio.get_running_loop()
+        queue = self._shadow_queue
         while True:
-            model, X, request_id = await self._shadow_queue.get()
-            start = time.perf_counter()
-            try:
-                prediction = await loop.run_in_executor(self._shadow_pool, model.predict, X)
-            except Exception as exc:
-                latency = (time.perf_counter() - start) * 1000.0
-                self.metrics.shadow_failed.labels(model.name, str(model.version)).inc()
-                self._log(
-                    model,
-                    "shadow",
-                    request_id,
-                    X,
-                    None,
-                    latency,
-                    500,
-                    f"{type(exc).__name__}: {exc}",
-                )
-                continue
+            jobs = [await queue.get()]
+            while not queue.empty() and len(jobs) < 1024:
+                jobs.append(queue.get_nowait())
+            groups: dict[int, list[tuple[Model, np.ndarray, str]]] = {}
+            for job in jobs:
+                groups.setdefault(id(job[0]), []).append(job)
+            for group in groups.values():
+                model = group[0][0]
+                settings = self.batch_settings(model.name)
+                size = settings.max_batch_size if settings is not None else 1
+                for i in range(0, len(group), size):
+                    await self._shadow_batch(loop, model, group[i : i + size])
+
+    async def _shadow_batch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        model: Model,
+        jobs: list[tuple[Model, np.ndarray, str]],
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            X = jobs[0][1] if len(jobs) == 1 else np.concatenate([x for _, x, _ in jobs])
+            prediction = await loop.run_in_executor(self._shadow_pool, model.predict, X)
+        except Exception as exc:
             latency = (time.perf_counter() - start) * 1000.0
-            self._log(model, "shadow", request_id, X, prediction, latency, 200, None)
+            error = f"{type(exc).__name__}: {exc}"
+            for _, x, request_id in jobs:
+                self.metrics.shadow_failed.labels(model.name, str(model.version)).inc()
+                self._log(model, "shadow", request_id, x, None, latency, 500, error)
+            return
+        latency = (time.perf_counter() - start) * 1000.0
+        offset = 0
+        for _, x, request_id in jobs:
+            end = offset + len(x)
+            part = prediction
+            if len(jobs) > 1:
+                proba = prediction.proba
+                part = Prediction(
+                    prediction.labels[offset:end], proba[offset:end] if proba is not None else None
+                )
+            offset = end
+            self._log(model, "shadow", request_id, x, part, latency, 200, None)
 
     def _log(
         self,

@@ -1,0 +1,218 @@
+"""Adaptive batching: concurrent requests to one model version share one `predict` call.
+
+A scikit-learn `predict_proba` costs about the same for 1 row as for 32 (the per-call
+validation dominates), so stacking the rows of requests that arrive together makes prediction
+nearly free under load. Each request puts its rows and a future in the batcher's queue and
+waits on the future; one task per batcher takes what is queued, closes the batch and predicts.
+
+When a batch closes:
+
+* at `max_batch_size` requests (or `max_rows` rows, so one batch never exceeds what a single
+  request may send);
+* when yielding once to the event loop brought no new request: nobody else is waiting, so a
+  lone request is answered at once instead of sitting out a window (this adds one loop
+  iteration, tens of microseconds, not `max_wait_ms`);
+* at the latest `max_wait_ms` after its first request was taken.
+
+The model runs inline on the event loop, like the unbatched path: on one core a thread hop
+costs more than the call it would move (see loadtests/RESULTS.md), and the batch bounds how
+long the loop is held. A request whose caller went away (its future is cancelled) is left out
+of the batch; a batch that raises fails only its own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.models import Model, Prediction
+
+__all__ = ["BatchSettings", "Batcher", "DEFAULT_BATCH_SETTINGS"]
+
+log = logging.getLogger("gatewatch.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """How a model version's batches close: requests, rows, and the longest wait."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    max_rows: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        if not 0.0 <= self.max_wait_ms <= 1000.0:
+            raise ValueError(f"max_wait_ms must be within 0..1000, got {self.max_wait_ms}")
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
+
+
+DEFAULT_BATCH_SETTINGS = BatchSettings()
+
+# Called once per batch with (model, requests, rows, error or None), for metrics.
+BatchObserver = Callable[[Model, int, int, BaseException | None], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    X: np.ndarray
+    future: asyncio.Future[Prediction]
+
+
+class Batcher:
+    """Stacks concurrent `predict` calls to one model into one call and splits the answers.
+
+    Create it inside the running loop (the gateway does so in its lifespan): the queue and the
+    worker task belong to that loop.
+
+    >>> import asyncio, numpy as np
+    >>> from gateway.models import Prediction
+    >>> class Doubler:
+    ...     name, version = "double", 1
+    ...     def predict(self, X):
+    ...         return Prediction(X[:, 0] * 2, None)
+    >>> async def demo():
+    ...     batcher = Batcher(Doubler(), BatchSettings(max_batch_size=8))
+    ...     rows = [np.array([[float(i)]]) for i in range(3)]
+    ...     answers = await asyncio.gather(*(batcher.predict(x) for x in rows))
+    ...     await batcher.close()
+    ...     return [a.labels.tolist() for a in answers]
+    >>> asyncio.run(demo())
+    [[0.0], [2.0], [4.0]]
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        settings: BatchSettings = DEFAULT_BATCH_SETTINGS,
+        *,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self._observer = observer
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._max_wait = settings.max_wait_ms / 1000.0
+        self._closing = False
+        # The batch being gathered (or the request left over from the last one): close()
+        # must not lose it.
+        self._forming: list[_Pending] = []
+        self._task = self._loop.create_task(
+            self._run(), name=f"batcher-{model.name}-v{model.version}"
+        )
+
+    async def predict(self, X: np.ndarray) -> Prediction:
+        """The model's answer for the rows of `X`, predicted together with concurrent requests.
+
+        Raises whatever the model raised for the batch this request was part of.
+        """
+        if self._closing:
+            raise RuntimeError(f"the batcher of {self.model.name} v{self.model.version} is closed")
+        future: asyncio.Future[Prediction] = self._loop.create_future()
+        self._queue.put_nowait(_Pending(X, future))
+        return await future
+
+    @property
+    def closing(self) -> bool:
+        """True once close() was called: new requests must predict some other way."""
+        return self._closing
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Answer what is queued, then stop; after `timeout` the rest fail as cancelled."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        while (self._forming or not self._queue.empty()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        leftover = self._forming
+        while not self._queue.empty():
+            leftover.append(self._queue.get_nowait())
+        for pending in leftover:
+            pending.future.cancel()
+        self._forming = []
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            try:
+                self._predict(batch)
+            except Exception:
+                # A bug here must not leave callers waiting forever on futures nobody sets.
+                log.exception("batcher of %s v%d failed", self.model.name, self.model.version)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(RuntimeError("the batcher failed"))
+            # Let the answered requests send their responses before the next batch starts.
+            await asyncio.sleep(0)
+
+    async def _collect(self) -> list[_Pending]:
+        """Wait for a request, then take others until the batch closes (module docstring)."""
+        queue = self._queue
+        settings = self.settings
+        # A request that did not fit the last batch opens this one.
+        batch = self._forming
+        if not batch:
+            batch.append(await queue.get())
+        rows = sum(len(p.X) for p in batch)
+        deadline = time.monotonic() + self._max_wait
+        while True:
+            while not queue.empty() and len(batch) < settings.max_batch_size:
+                nxt = queue.get_nowait()
+                if rows + len(nxt.X) > settings.max_rows:
+                    self._forming = [nxt]
+                    return batch
+                batch.append(nxt)
+                rows += len(nxt.X)
+            if len(batch) >= settings.max_batch_size or time.monotonic() >= deadline:
+                break
+            # One turn of the loop lets requests already read from their sockets join.
+            await asyncio.sleep(0)
+            if queue.empty():
+                break
+        self._forming = []
+        return batch
+
+    def _predict(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if not p.future.done()]
+        if not live:
+            return
+        try:
+            if len(live) == 1:
+                prediction = self.model.predict(live[0].X)
+            else:
+                prediction = self.model.predict(np.concatenate([p.X for p in live]))
+        except Exception as exc:
+            self._observe(len(live), sum(len(p.X) for p in live), exc)
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        self._observe(len(live), len(prediction.labels), None)
+        if len(live) == 1:
+            live[0].future.set_result(prediction)
+            return
+        labels, proba = prediction.labels, prediction.proba
+        offset = 0
+        for p in live:
+            end = offset + len(p.X)
+            part = Prediction(labels[offset:end], proba[offset:end] if proba is not None else None)
+            offset = end
+            # A caller cancelled while the model ran: its answer has nowhere to go.
+            if not p.future.done():
+                p.future.set_result(part)
+
+    def _observe(self, requests: int, rows: int, error: BaseException | None) -> None:
+        if self._observer is not None:
+            with contextlib.suppress(Exception):
+                self._observer(self.model, requests, rows, error)
