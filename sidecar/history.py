@@ -41,6 +41,7 @@ __all__ = [
     "SAMPLE_EVERY",
     "History",
     "canary_weights",
+    "current_canary_weights",
 ]
 
 HISTORY_KEY = "history"
@@ -342,7 +343,7 @@ class History:
         if last is not None and newest // 60 == last // 60 and newest - last < SAMPLE_EVERY:
             return
         snapshot = status()
-        weights = None if config_path is None else _cached_weights(Path(config_path))
+        weights = None if config_path is None else current_canary_weights(Path(config_path))
         ts = snapshot.get("newest_ts")
         self.sample(snapshot, float(ts) if _is_number(ts) else newest, weights)
 
@@ -565,13 +566,13 @@ def canary_weights(config_path: str | os.PathLike[str]) -> dict[str, float]:
     }
 
 
-_weights_cache: dict[Path, tuple[tuple[int, int], dict[str, float]]] = {}
+_WEIGHTS_CACHE: dict[Path, tuple[tuple[int, int], dict[str, float]]] = {}
 
 
-def _cached_weights(path: Path) -> dict[str, float] | None:
+def current_canary_weights(path: Path) -> dict[str, float] | None:
     """``canary_weights`` read again only when the file changed; a file that cannot be read or
     does not validate keeps the last good answer (as the gateway keeps its last good config)."""
-    cached = _weights_cache.get(path)
+    cached = _WEIGHTS_CACHE.get(path)
     try:
         stat = path.stat()
         stamp = (stat.st_mtime_ns, stat.st_size)
@@ -580,7 +581,7 @@ def _cached_weights(path: Path) -> dict[str, float] | None:
         weights = canary_weights(path)
     except Exception:
         return cached[1] if cached is not None else None
-    _weights_cache[path] = (stamp, weights)
+    _WEIGHTS_CACHE[path] = (stamp, weights)
     return weights
 
 
