@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -620,10 +620,12 @@ def _quantile(hist: np.ndarray, q: float) -> np.ndarray:
 
 
 def _matrix(rows: list[Any]) -> np.ndarray:
-    """Input rows as a float matrix; rows of another width than the last one are left out."""
-    if not rows:
+    """Input rows as a float matrix (null as NaN); rows of another width than most, or with
+    values that are not numbers, are left out."""
+    widths = Counter(len(row) for row in rows if isinstance(row, list))
+    if not widths:
         return np.zeros((0, 0), dtype=np.float32)
-    width = len(rows[-1]) if isinstance(rows[-1], list) else 0
+    width = widths.most_common(1)[0][0]
     X: np.ndarray
     try:
         X = np.asarray(rows, dtype=np.float32)
