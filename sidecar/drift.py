@@ -29,6 +29,7 @@ import numpy as np
 from river import drift
 
 __all__ = [
+    "MIN_WINDOW_VALUES",
     "FeatureDriftMonitor",
     "PredictionDriftMonitor",
     "adwin_detections",
