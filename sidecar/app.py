@@ -105,6 +105,7 @@ class Sidecar:
         self.checkpoints = 0
         self.checkpoint_errors = 0
         self.read_errors = 0
+        self.listener_errors = 0
         self._lock = threading.Lock()
         self._reader: LogReader | None = None
         self._task: asyncio.Task[None] | None = None
@@ -189,7 +190,13 @@ class Sidecar:
             self.consumed += len(records)
             self._dirty = True
             for listener in self.listeners:
-                listener(self.engine)
+                try:
+                    listener(self.engine)
+                except Exception as exc:
+                    # The engine's state is whole: a failing listener must not stop consuming.
+                    self.listener_errors += 1
+                    self.last_error = f"listener {listener!r}: {exc!r}"
+                    log.exception("sidecar: a batch listener failed")
 
     def _checkpoint(self) -> None:
         """Save state + position atomically, then acknowledge the reader; a failed save is
@@ -202,6 +209,7 @@ class Sidecar:
                 )
                 self._dirty = False
             write_checkpoint(self.config.state_dir, blob)
+            ack_errors = getattr(self._reader, "ack_errors", 0)
             self._reader.ack()
         except Exception as exc:
             self._dirty = True
@@ -209,9 +217,13 @@ class Sidecar:
             self.last_error = f"saving a checkpoint: {exc!r}"
             log.warning("sidecar: checkpoint failed: %r", exc)
             return
+        self.checkpoints += 1
+        if getattr(self._reader, "ack_errors", 0) != ack_errors:
+            # Saved but not acknowledged (the reader retries next time): the records since the
+            # previous acknowledgement may still come back, so their keys stay remembered.
+            return
         with self._lock:
             self.engine.mark_checkpoint()
-        self.checkpoints += 1
 
     def status_now(self) -> dict[str, Any]:
         with self._lock:
@@ -238,6 +250,7 @@ class Sidecar:
             "checkpoints": self.checkpoints,
             "checkpoint_errors": self.checkpoint_errors,
             "read_errors": self.read_errors,
+            "listener_errors": self.listener_errors,
             "corrupt_lines": self.corrupt_lines,
             "last_error": self.last_error,
         }
@@ -267,6 +280,7 @@ class SidecarCollector:
             "checkpoints": ("Checkpoints saved", sidecar.checkpoints),
             "checkpoint_errors": ("Checkpoints that failed to save", sidecar.checkpoint_errors),
             "read_errors": ("Failed reads of the log", sidecar.read_errors),
+            "listener_errors": ("Batch listeners that raised", sidecar.listener_errors),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(f"gatewatch_sidecar_{name}", doc, value=value)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.predlog import encode
-from sidecar.app import create_app
+from sidecar.app import Sidecar, create_app
 from sidecar.config import SidecarConfig, parse_config
+from sidecar.engine import Engine
 from sidecar.state import STATE_FILE
 from tests._server import run_server
 from tests.sidecar._scenario import DRIFTING, Truth, scenario, write_registry
@@ -95,3 +97,30 @@ def test_restart_resumes_from_the_saved_state(setup: tuple[SidecarConfig, int, T
     assert health["consumed"] == 0
     before.pop("lag_seconds"), after.pop("lag_seconds")
     assert after == before
+
+
+def test_a_failing_listener_does_not_stop_the_consumer(
+    setup: tuple[SidecarConfig, int, Truth],
+) -> None:
+    config, count, truth = setup
+
+    def broken(engine: Engine) -> None:
+        raise RuntimeError("boom")
+
+    async def consume() -> tuple[dict[str, Any], dict[str, Any]]:
+        sidecar = Sidecar(config)
+        sidecar.listeners.append(broken)
+        await sidecar.start()
+        for _ in range(2000):
+            if sidecar.consumed >= count:
+                break
+            await asyncio.sleep(0.01)
+        health = sidecar.health()
+        status = await sidecar.status()
+        await sidecar.stop()
+        return health, status
+
+    health, status = asyncio.run(consume())
+    assert health["ok"] and health["consumed"] == count
+    assert health["listener_errors"] >= 1 and "boom" in health["last_error"]
+    assert status["records"] == truth.predictions
