@@ -36,7 +36,8 @@ def classify(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def regress(X: np.ndarray) -> np.ndarray:
-    return 10.0 + PRICE_STD * ((X[:, :3] - MU[:3]) / SD[:3]) @ np.array([0.6, -0.6, 0.5])
+    z = (X[:, :3] - MU[:3]) / SD[:3]
+    return np.asarray(10.0 + PRICE_STD * (z @ np.array([0.6, -0.6, 0.5])))
 
 
 def write_manifest(root: Path, model: str, version: int, task: str, rows: int = 4000) -> Path:
