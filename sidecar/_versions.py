@@ -4,6 +4,13 @@
 batch (``flush``); joined labels update accuracy and concept drift one by one (``score``).
 A version without a manifest, or whose monitors are switched off, still reports every key of
 the status format, with a ``skipped`` reason instead of figures.
+
+Concept drift watches a 0/1 error stream. For a classifier an error is a wrong label. For a
+regressor it is an absolute error above the standard deviation of the predictions on the
+training data (the manifest's ``reference.prediction.std``): a scale the model's own output
+defines, so one detector setting fits every unit; without that figure concept drift is skipped.
+A label is a scalar for a one-row request or a list with one label per row (``null`` for a row
+without a label); a label whose length does not match the prediction counts as unscored.
 """
 
 from __future__ import annotations
