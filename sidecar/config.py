@@ -37,8 +37,8 @@ class MonitorSettings:
     """What the ``[monitors.*]`` tables switch on, and the detectors' parameters."""
 
     drift: bool = True
-    delta: float = 0.002
-    var_delta: float = 1e-7
+    delta: float = 2e-5
+    var_delta: float = 1e-9
     window: int = 1000
     ks_alpha: float = 1e-4
     psi_threshold: float = 0.25

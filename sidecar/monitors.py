@@ -351,7 +351,9 @@ class TrafficMonitor:
         self._roles[role] = self._roles.get(role, 0) + 1
         if status >= 500:
             self._errors += 1
-        if latency_ms is not None and math.isfinite(latency_ms):
+        # Shadow answers run on a background thread the client never waits for: their latency
+        # says nothing about what callers see, so only served records shape the quantiles.
+        if role != "shadow" and latency_ms is not None and math.isfinite(latency_ms):
             for quantile in self._latency.values():
                 quantile.update(float(latency_ms))
 

@@ -152,6 +152,8 @@ class _ModelState:
     last_reason: str | None = None
     shadow_candidate: int | None = None
     shadow_base: dict[str, float] = field(default_factory=dict)
+    # Versions rolled back or rejected: never tried again automatically (a person still can).
+    retired: set[int] = field(default_factory=set)
 
 
 class RolloutController:
@@ -300,6 +302,7 @@ class RolloutController:
         }
         failed = [g["gate"] for g in gates if g["result"] == "fail"]
         if failed:
+            state.retired.add(canary)
             state.canary = None
             state.last_reason = None
             return Decision(
@@ -499,6 +502,7 @@ class RolloutController:
         state.shadow_candidate = None
         state.last_reason = None
         if drift == "drifting" or iv.estimate < policy.min_shadow_agreement:
+            state.retired.add(candidate)
             return Decision(
                 model,
                 "reject",
