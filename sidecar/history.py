@@ -299,7 +299,8 @@ class History:
         minute_ts: float,
         canary_weights: Mapping[str, float] | None = None,
     ) -> None:
-        """Store the status's per-version figures as the values of the minute of ``minute_ts``.
+        """Store the status's per-version figures as the values of the minute of ``minute_ts``,
+        for the versions ``observe`` saw records of within the retention.
 
         ``canary_weights`` (model -> configured weight; a model not in it has no canary) comes
         from the config; None means "no config": the weight is then the canary's observed
@@ -312,8 +313,17 @@ class History:
                 return
             self._sampled_ts = float(minute_ts)
             for model, entry in status.get("models", {}).items():
-                for number, vs in entry.get("versions", {}).items():
-                    self._sample_version(self._version((model, int(number))), minute, vs)
+                # Only versions with traffic within the retention: the engine reports every
+                # version it ever saw, and a retired one's figures no longer change.
+                kept = [
+                    (version, vs)
+                    for number, vs in entry.get("versions", {}).items()
+                    if (version := self._versions.get((model, int(number)))) is not None
+                ]
+                for version, vs in kept:
+                    self._sample_version(version, minute, vs)
+                if not kept:
+                    continue
                 weight = (
                     canary_weights.get(model, 0.0)
                     if canary_weights is not None
@@ -356,10 +366,16 @@ class History:
             return
         self._newest_minute = minute
         oldest = self._oldest()
-        for version in self._versions.values():
+        # A version without a row left (retired more than the retention ago) is forgotten,
+        # its live rows with it, so a registry that gains a version a day stays bounded.
+        for key, version in list(self._versions.items()):
             version.trim(oldest)
-        for rows in self._canary.values():
+            if not (version.counts.minutes.size or version.gauges.minutes.size):
+                del self._versions[key]
+        for model, rows in list(self._canary.items()):
             rows.trim(oldest)
+            if not rows.minutes.size:
+                del self._canary[model]
 
     def _version(self, key: tuple[str, int]) -> _Version:
         version = self._versions.get(key)

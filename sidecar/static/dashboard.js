@@ -239,7 +239,7 @@
     const opts = options || {};
     const shown = series.filter((s) => hasData(s.values));
     const existing = charts.get(id);
-    const signature = JSON.stringify([shown.map((s) => [s.label, s.stroke, s.dash]), opts.kind || "line"]);
+    const signature = JSON.stringify([shown.map((s) => [s.label, s.stroke, s.dash, s.width]), opts.kind || "line"]);
     if (!xs.length || !shown.length) {
       if (existing) existing.plot.destroy();
       charts.delete(id);
@@ -257,6 +257,8 @@
     const config = {
       width: Math.max(box.clientWidth, 280),
       height: opts.height || 220,
+      // Record times are shown in UTC everywhere on the page, as in the tables.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       scales: {
         x: Object.assign({ time: opts.kind !== "bars" }, opts.xRange ? { range: opts.xRange } : {}),
         y: opts.yRange ? { range: opts.yRange } : {},

@@ -145,6 +145,7 @@ def test_retention_drops_old_minutes_and_late_records() -> None:
 def test_samples_align_with_the_time_axis_and_live_is_not_stored() -> None:
     history = History()
     history.observe([record(i, T0 + 60 * i) for i in range(4)])
+    history.observe([record(9, T0 + 1, version=3, role="shadow")])
     history.sample(status(T0 + 10, score=0.1), T0 + 10, {"m": 0.2})
     history.sample(status(T0 + 130, score=0.3), T0 + 130, {})
     series = history.series("m")
@@ -165,6 +166,20 @@ def test_samples_align_with_the_time_axis_and_live_is_not_stored() -> None:
     assert live["feature_drift"]["1"]["a"] == [0.1, None, 0.3, 0.5]
     assert live["canary_weight"] == [0.2, None, 0.0, 0.4]
     assert history.series("m") == series
+
+
+def test_retired_versions_are_forgotten_after_the_retention() -> None:
+    history = History(retention_minutes=5)
+    history.observe([record(0, T0, version=1), record(1, T0 + 1, version=2)])
+    history.sample(status(T0 + 1), T0 + 1)
+    assert history.series("m")["versions"] == [1, 2]
+    history.observe([record(i, T0 + 60 * i, version=2) for i in range(2, 10)])
+    history.sample(status(T0 + 540), T0 + 540)  # v1 and v3 have had no record within 5 minutes
+    series = history.series("m")
+    assert series["versions"] == [2] and set(series["feature_drift"]) == {"2"}
+    assert history.live_histogram("m", 1, 0, [0.0, 1.0, 2.0]) == ([0, 0], 0)
+    history.observe([record(99, T0 + 3600, model="other")])
+    assert history.models() == ["other"]
 
 
 def test_observed_canary_share_without_a_config() -> None:
