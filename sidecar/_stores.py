@@ -142,4 +142,7 @@ def frozen(value: Any) -> Any:
     would otherwise take a third of the consumer's time."""
     if type(value) is not list:
         return value
-    return tuple([frozen(item) if type(item) is list else item for item in value])
+    for item in value:
+        if type(item) is list:
+            return tuple(map(frozen, value))
+    return tuple(value)
