@@ -10,8 +10,8 @@ Routes (``dashboard_routes()``):
 
 * ``GET /`` overview, one card per model; ``GET /ui/models/{model}`` one model's page;
 * ``GET /static/...`` the page's CSS, JS and the vendored uPlot;
-* ``GET /history/{model}`` the model's per-minute series (``History.series``), with the
-  current status as its newest point;
+* ``GET /history/{model}[?minutes=N]`` the model's per-minute series (``History.series``),
+  with the current status as its newest point;
 * ``GET /histogram/{model}/{version}/{feature}`` reference bins of a feature (manifest) and
   the counts of the version's last input rows over the same edges.
 
@@ -77,6 +77,10 @@ async def model_page(request: Request) -> Response:
 
 async def history_endpoint(request: Request) -> Response:
     name = request.path_params["model"]
+    window = request.query_params.get("minutes")
+    if window is not None and (not window.isdigit() or int(window) < 1):
+        return _error(f"minutes must be a positive whole number, got {window!r}", 400)
+    minutes = int(window) if window is not None else None
     sidecar = _sidecar(request)
     history = sidecar.extra.get(HISTORY_KEY)
     if not isinstance(history, History):
@@ -88,7 +92,7 @@ async def history_endpoint(request: Request) -> Response:
 
     def build() -> dict[str, Any]:
         weights = current_canary_weights(path) if path is not None else None
-        return history.series(name, live=status, canary_weights=weights)
+        return history.series(name, live=status, canary_weights=weights, minutes=minutes)
 
     return ORJSONResponse(await asyncio.to_thread(build))
 

@@ -61,7 +61,7 @@ _ERRORS = len(ROLES)
 _LATENCY_BINS = len(LATENCY_EDGES_MS) - 1
 _INNER_EDGES = LATENCY_EDGES_MS[1:-1]
 _FIXED_GAUGES = ("accuracy", "shadow_agreement", "prediction_drift")
-_DECIMALS = 6
+_DECIMALS = 4
 
 
 class _Rows:
@@ -446,12 +446,14 @@ class History:
         *,
         live: Mapping[str, Any] | None = None,
         canary_weights: Mapping[str, float] | None = None,
+        minutes: int | None = None,
     ) -> dict[str, Any]:
         """The model's series as JSON for the charts: one time axis ``t`` (minute starts, epoch
         seconds) and, per version, arrays aligned with it (null where nothing is known).
 
         ``live`` is the current status: its figures become the values of its newest minute, as
-        if sampled now (nothing is stored). ``canary_weights`` as for ``sample``.
+        if sampled now (nothing is stored). ``canary_weights`` as for ``sample``. ``minutes``
+        keeps only the last minutes of the axis (default: all that are kept).
         """
         with self._lock:
             versions = {
@@ -468,6 +470,8 @@ class History:
             if live_minute is not None:
                 parts.append(np.array([live_minute], dtype=np.int64))
             axis = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+            if minutes is not None and axis.size:
+                axis = axis[axis > axis[-1] - minutes]
             out: dict[str, Any] = {
                 "model": model,
                 "t": (axis * 60).tolist(),

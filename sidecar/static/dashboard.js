@@ -370,7 +370,10 @@
 
   // ------------------------------------------------------------------------- model page
 
-  const state = { model: null, version: null, feature: null, histogramKey: null };
+  const state = {
+    model: null, version: null, feature: null,
+    window: params.has("window") ? params.get("window") : "360",
+  };
 
   function versionCard(status, name, model, key) {
     const v = model.versions[key];
@@ -548,7 +551,7 @@
     document.title = `gatewatch · ${name}`;
     document.getElementById("json-link").href = new URL(`models/${encodeURIComponent(name)}`, base).href;
     const [status, history, alerts, webhooks, rollouts] = await Promise.all([
-      api("status"), api(`history/${encodeURIComponent(name)}`, true),
+      api("status"), api(`history/${encodeURIComponent(name)}${state.window ? `?minutes=${state.window}` : ""}`, true),
       api("alerts", true), api("webhooks", true), api("rollouts", true),
     ]);
     summary(status);
@@ -589,21 +592,30 @@
   // ------------------------------------------------------------------------- refresh loop
 
   let running = null;
+  let again = false;
 
+  /* One render at a time; a refresh asked for during a render (a new selection) runs after it. */
   async function refresh() {
-    if (running) return running;
+    if (running) {
+      again = true;
+      return running;
+    }
     running = (async () => {
-      try {
-        await (document.body.dataset.page === "model" ? renderModel() : renderOverview());
-        showError(null);
-        document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
-        document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
-        document.body.dataset.ready = "true";
-      } catch (error) {
-        showError(error);
-      } finally {
-        running = null;
-      }
+      document.body.dataset.busy = "true";
+      do {
+        again = false;
+        try {
+          await (document.body.dataset.page === "model" ? renderModel() : renderOverview());
+          showError(null);
+          document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+          document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
+          document.body.dataset.ready = "true";
+        } catch (error) {
+          showError(error);
+        }
+      } while (again);
+      delete document.body.dataset.busy;
+      running = null;
     })();
     return running;
   }
@@ -613,6 +625,14 @@
     if (refreshSeconds > 0) setTimeout(loop, refreshSeconds * 1000);
   }
 
+  const windowPicker = document.getElementById("window");
+  if (windowPicker) {
+    windowPicker.value = state.window;
+    windowPicker.addEventListener("change", () => {
+      state.window = windowPicker.value;
+      refresh();
+    });
+  }
   const picker = document.getElementById("drift-version");
   if (picker) {
     picker.addEventListener("change", () => {

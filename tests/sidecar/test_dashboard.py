@@ -70,6 +70,11 @@ shadow = [3]
 DECIMALS = {"fraction": 3, "score": 3, "ms": 2, "seconds": 1}
 
 
+def approx(value: float) -> Any:
+    """The series carry 4 decimals."""
+    return pytest.approx(value, abs=5e-5)
+
+
 @dataclass
 class Seeded:
     config: SidecarConfig
@@ -260,6 +265,8 @@ def test_history_and_histogram_endpoints(sidecar: str, seeded: Seeded) -> None:
     with httpx.Client(base_url=sidecar) as client:
         status = client.get("/status").json()
         series = client.get("/history/churn").json()
+        last = client.get("/history/churn", params={"minutes": 10}).json()
+        bad_window = client.get("/history/churn", params={"minutes": "0"}).status_code
         f3 = client.get("/histogram/churn/1/f3").json()
         f0 = client.get("/histogram/churn/1/f0").json()
         missing = {
@@ -282,14 +289,18 @@ def test_history_and_histogram_endpoints(sidecar: str, seeded: Seeded) -> None:
         for name, values in series["feature_drift"][version].items():
             assert len(values) == len(t)
             # The newest point is the live status.
-            assert values[-1] == round(entry["feature_drift"]["features"][name]["score"], 6)
+            assert values[-1] == approx(entry["feature_drift"]["features"][name]["score"])
     v1 = churn["versions"]["1"]
     assert series["accuracy"]["1"]["metric"] == "rolling_accuracy"
-    assert series["accuracy"]["1"]["values"][-1] == round(v1["accuracy"]["rolling_accuracy"], 6)
+    assert series["accuracy"]["1"]["values"][-1] == approx(v1["accuracy"]["rolling_accuracy"])
     assert list(series["shadow_agreement"]) == ["3"]
     agreement = churn["versions"]["3"]["shadow"]["agreement"]
-    assert series["shadow_agreement"]["3"][-1] == round(agreement, 6)
+    assert series["shadow_agreement"]["3"][-1] == approx(agreement)
     assert series["canary_weight"][-1] == 0.15  # from [models.churn] canary.weight
+    window = [i for i, ts in enumerate(t) if ts > t[-1] - 600]  # the last 10 minutes
+    assert last["t"] == [t[i] for i in window]
+    assert last["canary_weight"] == [series["canary_weight"][i] for i in window]
+    assert bad_window == 400
     p50 = [p for p in series["latency_ms"]["1"]["p50"] if p is not None]
     assert len(p50) >= 25 and all(1.0 <= p <= 6.0 for p in p50)  # the scenario's 1-6 ms
 
@@ -367,6 +378,10 @@ def test_overview_and_model_page_show_the_status(sidecar: str, browser: Browser)
         page.select_option("#drift-version", "3")
         page.wait_for_selector("#drift-title:has-text('v3')")
         assert coloured_pixels(page)["drift"] > 0
+        with page.expect_request(lambda r: r.url.endswith("/history/churn?minutes=60")):
+            page.select_option("#window", "60")
+        page.wait_for_selector("body:not([data-busy])", state="attached")
+        assert all(n > 0 for n in coloured_pixels(page).values())
     assert watch.clean(), watch
 
 
