@@ -6,7 +6,6 @@ can say who acted. With none set the admin API is off and says so with 403.
 
 from __future__ import annotations
 
-import hmac
 import os
 
 import orjson
@@ -17,6 +16,7 @@ from starlette.routing import Route
 from gateway import audit
 from gateway.endpoints import json_response, read_body
 from gateway.errors import ConfigError, Forbidden, InvalidInput, Unauthorized
+from gateway.middleware import match_token, parse_tokens
 from gateway.registry import validate_name
 from gateway.rollout import edit_routing, set_routing
 from gateway.service import Gateway
@@ -24,28 +24,16 @@ from gateway.service import Gateway
 __all__ = ["ADMIN_ROUTES", "authorize"]
 
 
-def _tokens() -> dict[str, str]:
-    raw = os.environ.get("GATEWATCH_ADMIN_TOKEN", "")
-    tokens = {}
-    for i, part in enumerate(p.strip() for p in raw.split(",") if p.strip()):
-        name, sep, token = part.partition("=")
-        tokens[name if sep else f"admin{i or ''}"] = token if sep else part
-    return tokens
-
-
 def authorize(request: Request) -> str:
-    """The name of the token presented, after a constant-time comparison with each one."""
-    tokens = _tokens()
+    """The name of the admin token presented (a lone token is named "admin")."""
+    raw = os.environ.get("GATEWATCH_ADMIN_TOKEN", "")
+    tokens = {("admin" if name == "key0" else name): t for name, t in parse_tokens(raw).items()}
     if not tokens:
         raise Forbidden("the admin API is disabled: set GATEWATCH_ADMIN_TOKEN to enable it")
     header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented:
+    if not header.lower().startswith("bearer ") or not header[7:].strip():
         raise Unauthorized("admin endpoints need 'Authorization: Bearer <token>'")
-    found = None
-    for name, token in tokens.items():
-        if hmac.compare_digest(presented.encode(), token.encode()):
-            found = name
+    found = match_token(header, tokens)
     if found is None:
         raise Forbidden("that admin token is not valid")
     return found

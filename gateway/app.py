@@ -10,6 +10,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,6 +19,7 @@ from gateway.admin import ADMIN_ROUTES
 from gateway.config import GatewayConfig, load_config
 from gateway.endpoints import ROUTES, json_response
 from gateway.errors import GatewayError, Overloaded
+from gateway.middleware import ApiKeys, LoadShedding
 from gateway.service import Gateway
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -61,7 +64,23 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
         finally:
             await gateway.stop()
 
+    middleware = [
+        Middleware(LoadShedding, max_in_flight=config.max_in_flight, metrics=gateway.metrics),
+        Middleware(ApiKeys),
+    ]
+    if config.cors_origins:
+        # Off unless configured: a browser page on another origin may not call the API.
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type"],
+            ),
+        )
     app = Starlette(
+        middleware=middleware,
         routes=[*ROUTES, *ADMIN_ROUTES],
         lifespan=lifespan,
         exception_handlers={

@@ -65,6 +65,7 @@ class GatewayConfig:
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     workers: int = 1
+    cors_origins: tuple[str, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     path: Path | None = None
@@ -200,6 +201,12 @@ def parse_config(
             kwargs["registry"] = value
         elif key == "listen":
             kwargs["listen"] = _listen("gateway.listen", value)
+        elif key == "cors_origins":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(
+                    "gateway.cors_origins", 'must be a list of origins like "https://app.example"'
+                )
+            kwargs["cors_origins"] = tuple(value)
         elif key in ("allow_pickle", "batching"):
             if not isinstance(value, bool):
                 raise ConfigError(f"gateway.{key}", f"must be true or false, got {value!r}")
@@ -208,7 +215,16 @@ def parse_config(
             kwargs[key] = _GATEWAY_KEYS[key](f"gateway.{key}", value)
         else:
             known = ", ".join(
-                sorted({"registry", "listen", "allow_pickle", "batching", *_GATEWAY_KEYS})
+                sorted(
+                    {
+                        "registry",
+                        "listen",
+                        "allow_pickle",
+                        "batching",
+                        "cors_origins",
+                        *_GATEWAY_KEYS,
+                    }
+                )
             )
             raise ConfigError(f"gateway.{key}", f"unknown key (known: {known})")
     if environ.get("GATEWATCH_REGISTRY"):
