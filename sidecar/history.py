@@ -178,12 +178,16 @@ class _Batch:
 
     def last_rows(self, n: int) -> list[Any]:
         """The last ``n`` input rows, taken from the end (a batch may hold many more)."""
-        rows: list[Any] = []
+        if n <= 0:
+            return []
+        chunks: list[list[Any]] = []
+        count = 0
         for inputs in reversed(self.inputs):
-            if len(rows) >= n:
+            if count >= n:
                 break
-            rows[:0] = inputs
-        return rows[-n:] if n else []
+            chunks.append(inputs)
+            count += len(inputs)
+        return [row for chunk in reversed(chunks) for row in chunk][-n:]
 
 
 class History:
@@ -352,10 +356,9 @@ class History:
             return
         if last is not None and newest // 60 == last // 60 and newest - last < SAMPLE_EVERY:
             return
-        snapshot = status()
         weights = None if config_path is None else current_canary_weights(Path(config_path))
-        ts = snapshot.get("newest_ts")
-        self.sample(snapshot, float(ts) if _is_number(ts) else newest, weights)
+        # The minute of the newest prediction (the status's newest may be a later label).
+        self.sample(status(), newest, weights)
 
     def _oldest(self) -> int:
         newest = self._newest_minute
