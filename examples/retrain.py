@@ -96,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="CSV of recent labelled rows")
     parser.add_argument("--target", required=True, help="name of the target column")
-    parser.add_argument("--out", required=True, type=Path, help="where to write model.joblib")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="where to write the model: .skops (safe) or .joblib"
+    )
     parser.add_argument("--base-model", type=Path, help="previous artifact or registry version")
     parser.add_argument("--holdout-out", type=Path, help="write the holdout rows to this CSV")
     parser.add_argument("--holdout", type=float, default=0.2, help="share kept out (default 0.2)")
@@ -120,7 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores = evaluate(model, table.X[holdout], table.y[holdout])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, args.out)
+    if args.out.suffix == ".skops":
+        # The safe format: the gateway loads it without running pickled code.
+        import skops.io
+
+        skops.io.dump(model, args.out)
+    else:
+        joblib.dump(model, args.out)
     if args.holdout_out:
         write_rows(args.data, holdout, args.holdout_out)
     report = {

@@ -57,7 +57,7 @@ class GatewayConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch_rows: int = 10_000
     keep_versions: int = 2
-    allow_pickle: bool = True
+    allow_pickle: bool = False
     predict_timeout: float = 30.0
     max_in_flight: int = 1024
     shadow_queue: int = 1000

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import joblib
 import numpy as np
+import skops.io
 
 from gateway.cli import main as gatewatch
 
@@ -162,7 +162,7 @@ class LocalCI:
         X = np.array([r[0] for r in rows])
         y = np.array([r[1] for r in rows])
         data = write_csv(self.root / "work" / "recent.csv", X, y)
-        model = self.root / "work" / "retrained.joblib"
+        model = self.root / "work" / "retrained.skops"
         holdout = self.root / "work" / "holdout.csv"
         script = Path("examples/retrain.py")
         say(f"CI: retraining on the {len(rows)} most recent labelled rows with {script}")
@@ -294,7 +294,7 @@ def run_demo(root: Path = Path("demo")) -> int:
     from sklearn.linear_model import LogisticRegression
 
     X, y = synthetic(4000, seed=1)
-    joblib.dump(LogisticRegression(max_iter=500).fit(X, y), root / "work" / "churn-v1.joblib")
+    skops.io.dump(LogisticRegression(max_iter=500).fit(X, y), root / "work" / "churn-v1.skops")
     write_csv(root / "work" / "train-v1.csv", X, y)
     gatewatch(
         [
@@ -304,7 +304,7 @@ def run_demo(root: Path = Path("demo")) -> int:
             "push",
             "churn",
             "--model",
-            str(root / "work" / "churn-v1.joblib"),
+            str(root / "work" / "churn-v1.skops"),
             "--train-data",
             str(root / "work" / "train-v1.csv"),
             "--target",

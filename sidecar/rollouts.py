@@ -39,7 +39,7 @@ class RolloutPolicy:
     alpha: float = 0.05
     max_error_rate_increase: float = 0.01
     max_latency_p95_ratio: float = 1.5
-    latency_slack_ms: float = 10.0
+    latency_slack_ms: float = 25.0
     max_accuracy_drop: float = 0.02
     max_mae_increase_ratio: float = 0.05
     min_shadow_agreement: float = 0.9
@@ -451,7 +451,9 @@ class RolloutController:
         candidate = state.shadow_candidate
         if candidate is None or candidate not in shadows:
             newer = [
-                v for v in registry_versions.get(model, []) if primary is not None and v > primary
+                v
+                for v in registry_versions.get(model, [])
+                if primary is not None and v > primary and v not in state.retired
             ]
             if not newer:
                 return None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import skops.io as sio
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from gateway.cli import main as gatewatch
@@ -41,8 +42,8 @@ def push_logreg(
     """Train a LogisticRegression on 20 features and push it with the real CLI; returns the version."""
     X, y = make_data(seed=seed)
     model = LogisticRegression(C=C, max_iter=500).fit(X, y)
-    artifact = work / f"{name}-{seed}-{C}.joblib"
-    joblib.dump(model, artifact)
+    artifact = work / f"{name}-{seed}-{C}.skops"
+    sio.dump(model, artifact)
     data = write_csv(work / f"{name}-{seed}.csv", X, y)
     before = (
         sorted(int(p.name) for p in (registry / name).iterdir())
@@ -73,8 +74,8 @@ def push_linreg(registry: Path, work: Path, name: str = "price") -> int:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 3))
     y = X @ np.array([1.0, -2.0, 0.5]) + 3.0
-    artifact = work / f"{name}.joblib"
-    joblib.dump(LinearRegression().fit(X, y), artifact)
+    artifact = work / f"{name}.skops"
+    sio.dump(LinearRegression().fit(X, y), artifact)
     data = write_csv(work / f"{name}.csv", X, y)
     assert (
         gatewatch(
@@ -98,7 +99,9 @@ def push_linreg(registry: Path, work: Path, name: str = "price") -> int:
 
 
 def push_gated(registry: Path, work: Path, mode: str, name: str = "churn") -> int:
-    """Push a classifier that blocks or raises while tests._blockers.ARMED is set."""
+    """Push a classifier that blocks or raises while tests._blockers.ARMED is set.
+
+    Its class lives in the tests, so it is a pickle: the gateway needs allow_pickle = true."""
     from tests._blockers import GatedClassifier
 
     X, y = make_data()

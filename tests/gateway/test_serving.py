@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import joblib
 import numpy as np
 import pytest
+import skops.io as sio
 import tritonclient.http as triton
 
 from gateway.app import create_app
@@ -31,7 +31,8 @@ def server(registry: Path, tmp_path: Path) -> Iterator[str]:
 
 
 def _model(registry: Path, version: int) -> object:
-    return joblib.load(version_dir(registry, "churn", version) / "model.joblib")
+    path = version_dir(registry, "churn", version) / "model.skops"
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
 
 
 def test_triton_client_health_metadata(server: str) -> None:
@@ -184,3 +185,30 @@ def test_tampered_artifact_is_refused_others_serve(
         text = httpx.get(f"{url}/metrics").text
         assert 'gatewatch_model_load_failures_total{model="churn"} 1.0' in text
     assert any("does not match the manifest" in rec.getMessage() for rec in caplog.records)
+
+
+def test_pickle_is_refused_unless_allowed(tmp_path: Path) -> None:
+    from tests._models import push_gated
+
+    work = tmp_path / "work"
+    work.mkdir()
+    push_gated(tmp_path / "registry", work, "block")
+    body = {
+        "inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [0.0] * 20}]
+    }
+    refused = parse_config(
+        {"gateway": {"registry": str(tmp_path / "registry")}, "log": {"dir": str(tmp_path / "l")}},
+        tmp_path,
+    )
+    with run_server(create_app(refused)) as url:
+        r = httpx.post(f"{url}/v2/models/churn/infer", json=body)
+        assert r.status_code == 503 and "no version that loaded" in r.json()["error"]
+    allowed = parse_config(
+        {
+            "gateway": {"registry": str(tmp_path / "registry"), "allow_pickle": True},
+            "log": {"dir": str(tmp_path / "l")},
+        },
+        tmp_path,
+    )
+    with run_server(create_app(allowed)) as url:
+        assert httpx.post(f"{url}/v2/models/churn/infer", json=body).status_code == 200

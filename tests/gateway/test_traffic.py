@@ -51,7 +51,9 @@ def base(tmp_path: Path) -> Path:
 
 def write(base: Path, models: str) -> Path:
     path = base / "gatewatch.toml"
-    path.write_text(f'[gateway]\nregistry = "registry"\n\n[log]\ndir = "predlog"\n\n{models}\n')
+    path.write_text(
+        f'[gateway]\nregistry = "registry"\nallow_pickle = true\n\n[log]\ndir = "predlog"\n\n{models}\n'
+    )
     return path
 
 

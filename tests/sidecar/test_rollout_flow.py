@@ -64,6 +64,7 @@ def run_rollout(
         f"""# rollout scenario
 [gateway]
 registry = "registry"
+allow_pickle = true  # the flaky test models are pickles
 
 [log]
 dir = "predlog"

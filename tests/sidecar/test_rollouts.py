@@ -179,6 +179,23 @@ def test_auto_new_version_goes_shadow_then_canary() -> None:
     assert [(d.decision, d.to_weight) for d in decisions] == [("canary", 0.05)]
 
 
+def test_rolled_back_version_is_not_shadowed_again() -> None:
+    policy = RolloutPolicy(auto=True, min_records=100, min_labels=50)
+    controller = RolloutController()
+    world = World(Arm(error_rate=0.2), seed=1)
+    routing: dict[str, Any] = {"primary": 1, "canary": {"version": 2, "weight": 0.05}, "shadow": []}
+    seen = []
+    for i in range(60):
+        world.run(routing["canary"]["weight"] if routing["canary"] else 0.0, 200)
+        for d in controller.evaluate(
+            world.status(), {"m": routing}, {"m": policy}, {"m": [1, 2]}, now=i
+        ):
+            seen.append(d.decision)
+            if d.decision == "rollback":
+                routing = {**routing, "canary": None}
+    assert "rollback" in seen and "shadow" not in seen
+
+
 def test_parse_rollout_names_the_key() -> None:
     assert parse_rollout("m", {"steps": [0.1, 1.0], "min_records": 50}).steps == (0.1, 1.0)
     with pytest.raises(ConfigError, match="models.m.rollout.steps"):
