@@ -32,7 +32,7 @@ from sidecar.config import SidecarConfig
 from sidecar.engine import Engine
 from sidecar.state import Checkpoint, encode_checkpoint, load_checkpoint, write_checkpoint
 
-__all__ = ["ORJSONResponse", "Sidecar", "create_app", "routes"]
+__all__ = ["ORJSONResponse", "Sidecar", "SidecarCollector", "create_app", "routes"]
 
 log = logging.getLogger("gatewatch.sidecar")
 
