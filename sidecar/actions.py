@@ -33,6 +33,7 @@ from sidecar.engine import Engine
 from sidecar.errors import ConfigError
 from sidecar.outbox import DEFAULT_FILENAME as OUTBOX_FILE
 from sidecar.outbox import Outbox
+from sidecar.responses import ORJSONResponse
 from sidecar.rollouts import Decision, RolloutController, RolloutPolicy, parse_rollout
 from sidecar.webhooks import parse_webhooks
 
@@ -273,8 +274,6 @@ def _actions(request: Request) -> Actions:
 
 
 async def _view(request: Request, name: str) -> Response:
-    from sidecar.app import ORJSONResponse
-
     return ORJSONResponse(await asyncio.to_thread(getattr(_actions(request), name)))
 
 

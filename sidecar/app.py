@@ -17,19 +17,21 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.predlog import LogReader, open_reader
 from sidecar.actions import Actions, ActionsCollector, actions_routes
 from sidecar.config import SidecarConfig
+from sidecar.dashboard import dashboard_routes
 from sidecar.engine import Engine
+from sidecar.history import HISTORY_KEY, History
+from sidecar.responses import ORJSONResponse
 from sidecar.state import Checkpoint, encode_checkpoint, load_checkpoint, write_checkpoint
 
 __all__ = ["ORJSONResponse", "Sidecar", "SidecarCollector", "create_app", "routes"]
@@ -44,13 +46,6 @@ CHECKPOINT_SHARE = 10.0
 RETRY_DELAY = 1.0
 
 State = Literal["starting", "running", "stopped", "failed"]
-
-
-class ORJSONResponse(JSONResponse):
-    """JSON via orjson: NaN becomes null, numpy values and non-string keys are accepted."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
 class _ManualGC:
@@ -98,6 +93,7 @@ class Sidecar:
         self.config = config
         self.engine = Engine(config)
         self.extra: dict[str, Any] = {}
+        self.history = History()
         self.listeners: list[Callable[[Engine], None]] = []
         self.state: State = "starting"
         self.last_error: str | None = None
@@ -121,6 +117,7 @@ class Sidecar:
             self.engine = Engine.from_snapshot(self.config, checkpoint.engine)
             self.extra.update(checkpoint.extra)
             position = checkpoint.position
+        self.history = self.extra.setdefault(HISTORY_KEY, self.history)
         self._reader = await asyncio.to_thread(open_reader, self.config.log, position)
         self.state = "running"
         self._task = asyncio.create_task(self._run(), name="gatewatch-sidecar-consumer")
@@ -187,6 +184,7 @@ class Sidecar:
     def _process(self, records: list[dict[str, Any]]) -> None:
         with self._lock:
             self.engine.process(records)
+            self.history.update(records, self.engine.status, self.config.path)
             self.consumed += len(records)
             self._dirty = True
             for listener in self.listeners:
@@ -417,7 +415,7 @@ def create_app(config: SidecarConfig, *, extra_routes: Sequence[BaseRoute] = ())
             await actions.stop()
 
     return Starlette(
-        routes=[*routes(), *actions_routes(), *extra_routes],
+        routes=[*routes(), *actions_routes(), *dashboard_routes(), *extra_routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _http_error},
     )

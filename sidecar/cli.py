@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    print(f"gatewatch sidecar: status at http://{config.listen}/status", flush=True)
+    print(f"gatewatch sidecar: dashboard at http://{config.listen}/ (status: /status)", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -31,7 +31,10 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.errors import RegistryError
 from gateway.registry import NAME_RE, read_manifest
-from sidecar.app import ORJSONResponse, Sidecar
+from sidecar.responses import ORJSONResponse
+
+if TYPE_CHECKING:
+    from sidecar.app import Sidecar
 from sidecar.history import HISTORY_KEY, History, current_canary_weights
 
 __all__ = ["DASHBOARD_PATH", "STATIC_DIR", "dashboard_routes"]

@@ -40,4 +40,4 @@ def test_python_m_sidecar_serves_and_stops_cleanly(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     # uvicorn shuts down cleanly, then re-raises the signal it caught.
     assert proc.returncode in (0, -signal.SIGTERM), out
-    assert f"gatewatch sidecar: status at http://127.0.0.1:{port}/status" in out.decode()
+    assert f"gatewatch sidecar: dashboard at http://127.0.0.1:{port}/" in out.decode()
