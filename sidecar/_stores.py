@@ -102,6 +102,11 @@ class Store:
             self._forget(order.popleft()[1])
         return order[0][0] + self.ttl
 
+    def replace(self, key: str, value: Any) -> None:
+        """Change the value of a present entry; it keeps its place and age."""
+        if key in self._items:
+            self._items[key] = value
+
     def get(self, key: str) -> Any:
         return self._items.get(key)
 

@@ -265,11 +265,12 @@ class Engine:
         if served is not None and served[0] == model.name:
             self._pair(version, prediction, served[1], served[2])
             return
-        waiting = self._shadows.get(rid)
-        if waiting is None:
-            self._put(self._shadows, rid, ts, [(version.version, prediction)])
+        waiting = self._shadows.get(rid) or ()
+        entry = ((version.version, frozen(prediction)),)
+        if waiting:
+            self._shadows.replace(rid, waiting + entry)  # several shadow versions, one request
         else:
-            waiting.append((version.version, prediction))
+            self._put(self._shadows, rid, ts, entry)
 
     def _pair(
         self, shadow: VersionMonitors, prediction: Sequence[Any], role: str, served: Sequence[Any]

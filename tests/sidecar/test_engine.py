@@ -105,6 +105,29 @@ def test_identical_shadow_agrees_fully(config: SidecarConfig) -> None:
     assert status["models"]["churn"]["versions"]["3"]["shadow"] == {"agreement": 1.0, "pairs": 200}
 
 
+def test_several_shadows_waiting_for_their_primary_survive_a_restart(
+    config: SidecarConfig,
+) -> None:
+    records: Records = []
+    for i in range(50):
+        label = i % 2
+        records += [
+            prediction(f"s{i}", 10.0 + i, version=3, role="shadow", pred=[label]),
+            prediction(f"s{i}", 10.0 + i, version=2, role="shadow", pred=[1 - label]),
+            prediction(f"s{i}", 10.0 + i, version=1, role="primary", pred=[label]),
+        ]
+    expected = comparable(run(config, records).status())
+    engine = Engine(config)
+    for start in range(0, len(records), 1):  # a restart between every two records
+        engine.process(records[start : start + 1])
+        engine.mark_checkpoint()
+        engine = Engine.from_snapshot(config, pickle.loads(pickle.dumps(engine.snapshot())))
+    assert comparable(engine.status()) == expected
+    versions = expected["models"]["churn"]["versions"]
+    assert versions["3"]["shadow"] == {"agreement": 1.0, "pairs": 50}
+    assert versions["2"]["shadow"] == {"agreement": 0.0, "pairs": 50}
+
+
 def test_feature_drift_flags_the_shifted_features_only(
     baseline: dict[str, Any], stream: tuple[Records, Truth]
 ) -> None:
