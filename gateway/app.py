@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.admin import ADMIN_ROUTES
 from gateway.config import GatewayConfig, load_config
@@ -53,6 +55,14 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return json_response({"error": f"internal error: {type(exc).__name__}"}, status=500)
 
 
+OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
+
+
+async def openapi(request: Request) -> Response:
+    """The gateway's own OpenAPI document (the Open Inference Protocol routes and ours)."""
+    return Response(OPENAPI, media_type="application/json")
+
+
 def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
     gateway = Gateway(config, seed=seed)
 
@@ -81,7 +91,7 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
         )
     app = Starlette(
         middleware=middleware,
-        routes=[*ROUTES, *ADMIN_ROUTES],
+        routes=[*ROUTES, *ADMIN_ROUTES, Route("/openapi.json", openapi, methods=["GET"])],
         lifespan=lifespan,
         exception_handlers={
             GatewayError: _gateway_error,

@@ -212,3 +212,19 @@ def test_pickle_is_refused_unless_allowed(tmp_path: Path) -> None:
     )
     with run_server(create_app(allowed)) as url:
         assert httpx.post(f"{url}/v2/models/churn/infer", json=body).status_code == 200
+
+
+def test_openapi_document_is_served_and_lists_every_route(server: str) -> None:
+    from gateway.admin import ADMIN_ROUTES
+    from gateway.endpoints import ROUTES
+
+    doc = httpx.get(f"{server}/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    routed = {r.path for r in [*ROUTES, *ADMIN_ROUTES] if hasattr(r, "path")}
+    predict = {
+        "/v2/models/{model}/infer",
+        "/v2/models/{model}/versions/{version}/infer",
+        "/v1/models/{model}:predict",
+        "/v1/models/{model}/versions/{version}:predict",
+    }
+    assert set(doc["paths"]) == routed | predict | {"/openapi.json"}
