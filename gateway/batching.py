@@ -14,10 +14,14 @@ When a batch closes:
   iteration, tens of microseconds, not `max_wait_ms`);
 * at the latest `max_wait_ms` after its first request was taken.
 
-The model runs inline on the event loop, like the unbatched path: on one core a thread hop
-costs more than the call it would move (see loadtests/RESULTS.md), and the batch bounds how
-long the loop is held. A request whose caller went away (its future is cancelled) is left out
-of the batch; a batch that raises fails only its own requests.
+Each batch is predicted in the batcher's own thread, one batch at a time (models need not be
+thread-safe). For a cheap model one request at a time, a thread hop costs a quarter of the
+throughput (loadtests/RESULTS.md), which is why the unbatched path predicts inline; for a batch
+the hop is paid once for up to `max_batch_size` requests, and it keeps the event loop free while
+a slow or stuck model runs: health probes and load shedding still answer, the next batch
+gathers meanwhile, and a batch that outlives `timeout_s` fails its requests instead of hanging
+them. A request whose caller went away (its future is cancelled) is left out of the batch; a
+batch that raises fails only its own requests.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +50,11 @@ class BatchSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     max_rows: int = 10_000
+    timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
         if not 0.0 <= self.max_wait_ms <= 1000.0:
@@ -103,9 +111,13 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._max_wait = settings.max_wait_ms / 1000.0
         self._closing = False
-        # The batch being gathered (or the request left over from the last one): close()
-        # must not lose it.
+        # The batch being gathered (or the request left over from the last one) and the one
+        # being predicted: close() must answer or cancel them, never drop them.
         self._forming: list[_Pending] = []
+        self._predicting: list[_Pending] = []
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"gatewatch-batch-{model.name}-v{model.version}"
+        )
         self._task = self._loop.create_task(
             self._run(), name=f"batcher-{model.name}-v{model.version}"
         )
@@ -130,31 +142,38 @@ class Batcher:
         """Answer what is queued, then stop; after `timeout` the rest fail as cancelled."""
         self._closing = True
         deadline = time.monotonic() + timeout
-        while (self._forming or not self._queue.empty()) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            self._forming or self._predicting or not self._queue.empty()
+        ):
             await asyncio.sleep(0.005)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        leftover = self._forming
+        leftover = self._forming + self._predicting
         while not self._queue.empty():
             leftover.append(self._queue.get_nowait())
         for pending in leftover:
             pending.future.cancel()
-        self._forming = []
+        self._forming, self._predicting = [], []
+        # A model stuck past the timeout keeps its thread; do not wait for it.
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         while True:
             batch = await self._collect()
+            live = [p for p in batch if not p.future.done()]
+            if not live:
+                continue
+            self._predicting = live
             try:
-                self._predict(batch)
-            except Exception:
+                await self._predict(live)
+            except Exception as exc:
                 # A bug here must not leave callers waiting forever on futures nobody sets.
                 log.exception("batcher of %s v%d failed", self.model.name, self.model.version)
-                for p in batch:
+                for p in live:
                     if not p.future.done():
-                        p.future.set_exception(RuntimeError("the batcher failed"))
-            # Let the answered requests send their responses before the next batch starts.
-            await asyncio.sleep(0)
+                        p.future.set_exception(RuntimeError(f"the batcher failed: {exc!r}"))
+            self._predicting = []
 
     async def _collect(self) -> list[_Pending]:
         """Wait for a request, then take others until the batch closes (module docstring)."""
@@ -183,24 +202,23 @@ class Batcher:
         self._forming = []
         return batch
 
-    def _predict(self, batch: list[_Pending]) -> None:
-        live = [p for p in batch if not p.future.done()]
-        if not live:
-            return
+    async def _predict(self, live: list[_Pending]) -> None:
+        rows = sum(len(p.X) for p in live)
+        work = self._loop.run_in_executor(self._executor, _stack_and_predict, self.model, live)
         try:
-            if len(live) == 1:
-                prediction = self.model.predict(live[0].X)
-            else:
-                prediction = self.model.predict(np.concatenate([p.X for p in live]))
+            prediction = await asyncio.wait_for(work, self.settings.timeout_s)
         except Exception as exc:
-            self._observe(len(live), sum(len(p.X) for p in live), exc)
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"no answer within {self.settings.timeout_s:g} s")
+            self._observe(len(live), rows, exc)
             for p in live:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        self._observe(len(live), len(prediction.labels), None)
+        self._observe(len(live), rows, None)
         if len(live) == 1:
-            live[0].future.set_result(prediction)
+            if not live[0].future.done():
+                live[0].future.set_result(prediction)
             return
         labels, proba = prediction.labels, prediction.proba
         offset = 0
@@ -216,3 +234,10 @@ class Batcher:
         if self._observer is not None:
             with contextlib.suppress(Exception):
                 self._observer(self.model, requests, rows, error)
+
+
+def _stack_and_predict(model: Model, live: list[_Pending]) -> Prediction:
+    """One call for the whole batch (runs in the batcher's thread)."""
+    if len(live) == 1:
+        return model.predict(live[0].X)
+    return model.predict(np.concatenate([p.X for p in live]))

@@ -162,6 +162,7 @@ class Gateway:
         """Predict through the version's batcher when batching is on, else inline.
 
         The logged latency is the request's own: its wait for the batch plus the batch's call.
+        A batch that outlives `predict_timeout` fails its requests with a PredictError.
         """
         batcher = self._batchers.get((model.name, model.version))
         if batcher is None or batcher.model is not model or batcher.closing:
@@ -213,7 +214,7 @@ class Gateway:
         wait = mc.max_wait_ms if mc and mc.max_wait_ms is not None else config.max_wait_ms
         if size <= 1:
             return None
-        return BatchSettings(size, wait, config.max_batch_rows)
+        return BatchSettings(size, wait, config.max_batch_rows, config.predict_timeout)
 
     def _sync_batchers(self) -> list[Batcher]:
         """Give every loaded version of the table a batcher with its settings.

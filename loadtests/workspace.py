@@ -51,6 +51,7 @@ class Workspace:
 
     @property
     def model(self) -> Path:
+        """The joblib file the floor and MLServer load (the registry holds it as skops)."""
         return self.root / "model.joblib"
 
     @property
@@ -79,9 +80,14 @@ def _train(seed: int = 0, n: int = 2000) -> tuple[np.ndarray, np.ndarray, Logist
     return X, y, LogisticRegression(max_iter=500).fit(X, y)
 
 
-def _push(ws: Workspace, X: np.ndarray, y: np.ndarray) -> None:
+def _push(ws: Workspace, model: LogisticRegression, X: np.ndarray, y: np.ndarray) -> None:
+    """Three versions of the model in skops, the format the gateway loads without trusting."""
+    import skops.io as sio
+
     from gateway.cli import main as gatewatch
 
+    artifact = ws.root / "model.skops"
+    sio.dump(model, artifact)
     data = ws.root / "train.csv"
     with open(data, "w", newline="") as f:
         out = csv.writer(f)
@@ -89,7 +95,7 @@ def _push(ws: Workspace, X: np.ndarray, y: np.ndarray) -> None:
         out.writerows([*row, label] for row, label in zip(X.tolist(), y.tolist(), strict=True))
     for _ in range(3):
         args = ["registry", "--registry", str(ws.registry), "push", MODEL]
-        args += ["--model", str(ws.model), "--train-data", str(data), "--target", "label"]
+        args += ["--model", str(artifact), "--train-data", str(data), "--target", "label"]
         if gatewatch(args) != 0:
             raise RuntimeError("pushing the benchmark model failed")
 
@@ -139,7 +145,7 @@ def prepare(root: Path) -> Workspace:
     if not (ws.registry / MODEL).is_dir():
         X, y, model = _train()
         joblib.dump(model, ws.model)
-        _push(ws, X, y)
+        _push(ws, model, X, y)
     for variant, text in GATEWAY_CONFIGS.items():
         ws.config(variant).write_text(text.replace("{log}", str(root / f"predlog-{variant}")))
     for rows in ROW_COUNTS:
