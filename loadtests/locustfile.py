@@ -43,7 +43,7 @@ class GatewayUser(FastHttpUser):  # type: ignore[misc]
             headers[USER_HEADER] = self.user_id
         return headers
 
-    @task(8)
+    @task(8)  # type: ignore[untyped-decorator]
     def infer_v2(self) -> None:
         rows = _rows()
         body: dict[str, Any] = {
@@ -69,7 +69,7 @@ class GatewayUser(FastHttpUser):  # type: ignore[misc]
                 return
             self.answered = [*self.answered[-99:], body["id"]]
 
-    @task(1)
+    @task(1)  # type: ignore[untyped-decorator]
     def predict_v1(self) -> None:
         self.client.post(
             f"/v1/models/{MODEL}:predict",
@@ -78,7 +78,7 @@ class GatewayUser(FastHttpUser):  # type: ignore[misc]
             name="/v1/models/[model]:predict",
         )
 
-    @task(1)
+    @task(1)  # type: ignore[untyped-decorator]
     def feedback(self) -> None:
         if not self.answered:
             return
