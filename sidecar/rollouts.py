@@ -382,14 +382,17 @@ class RolloutController:
         if c95 is None or p95 is None or c["served"] < policy.min_records:
             gates.append(_gate("latency_p95_ratio", "wait"))
         else:
+            # Both a ratio and an absolute slack: at a millisecond, scheduling noise alone can
+            # double a p95, and nobody rolls back a model for a few milliseconds.
             ratio = c95 / max(p95, 1e-6)
-            result = "fail" if ratio > policy.max_latency_p95_ratio else "pass"
+            slower = ratio > policy.max_latency_p95_ratio and c95 - p95 > policy.latency_slack_ms
             gates.append(
                 _gate(
                     "latency_p95_ratio",
-                    result,
+                    "fail" if slower else "pass",
                     ratio=round(ratio, 4),
                     limit=policy.max_latency_p95_ratio,
+                    slack_ms=policy.latency_slack_ms,
                 )
             )
         task = c_status.get("task") or p_status.get("task")

@@ -100,10 +100,20 @@ min_labels = 100
             run_server(create_gateway(load_gateway_config(config))) as gw,
             run_server(create_sidecar(load_sidecar_config(config))) as sc,
         ):
+            sent = 0
             for round_ in range(60):
                 X, y = make_data(200, seed=100 + round_)
                 asyncio.run(traffic(gw, X, y, labels))
-                time.sleep(0.7)  # the sidecar reads, decides, and the gateway reloads
+                sent += 200
+                # Wait until the sidecar has counted this round (it decides after each batch),
+                # then give the gateway's config watch time to follow any edit.
+                deadline = time.monotonic() + 60
+                while (
+                    httpx.get(f"{sc}/status").json()["records"] < sent
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.05)
+                time.sleep(0.6)
                 canary = load_gateway_config(config).models["churn"].canary
                 if canary is None:
                     break
