@@ -41,6 +41,11 @@ def json_response(
     return Response(encode_json(content), status_code=status, headers=headers, media_type=JSON)
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also admits '²' or '①', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _gw(request: Request) -> Gateway:
     return request.state.gateway  # type: ignore[no-any-return]
 
@@ -49,7 +54,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `limit`."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not _digits(declared):
             raise InvalidInput("content-length must be a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes is over max_body_bytes ({limit})")
@@ -68,7 +73,7 @@ def _version(request: Request) -> int | None:
     raw = request.path_params.get("version")
     if raw is None:
         return None
-    if not raw.isdigit() or raw.startswith("0") or len(raw) > 9:
+    if not _digits(raw) or raw.startswith("0") or len(raw) > 9:
         raise InvalidInput(f"version {raw[:40]!r} must be a positive integer")
     return int(raw)
 
@@ -130,7 +135,7 @@ async def _read_raw_body(receive: Receive, headers: _Headers, limit: int) -> byt
     """`read_body` on raw ASGI messages: the same refusals, in the same order."""
     declared = headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not _digits(declared):
             raise InvalidInput("content-length must be a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes is over max_body_bytes ({limit})")
@@ -154,7 +159,7 @@ async def _read_raw_body(receive: Receive, headers: _Headers, limit: int) -> byt
 def _version_param(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or raw.startswith("0") or len(raw) > 9:
+    if not _digits(raw) or raw.startswith("0") or len(raw) > 9:
         raise InvalidInput(f"version {raw[:40]!r} must be a positive integer")
     return int(raw)
 
@@ -184,7 +189,7 @@ async def _infer(
     try:
         body = await _read_raw_body(receive, headers, gw.config.max_body_bytes)
         header = headers.get("inference-header-content-length")
-        if header is not None and not header.isdigit():
+        if header is not None and not _digits(header):
             raise InvalidInput("Inference-Header-Content-Length must be a number")
         parsed = parse_infer(
             body,

@@ -207,14 +207,18 @@ class Gateway:
     def batch_settings(self, name: str) -> BatchSettings | None:
         """How `name`'s batches close under the current config; None when batching is off."""
         config = self.config
-        if not config.batching:
+        size = self._batch_size(name)
+        if not config.batching or size <= 1:
             return None
         mc = config.models.get(name)
-        size = mc.max_batch_size if mc and mc.max_batch_size is not None else config.max_batch_size
         wait = mc.max_wait_ms if mc and mc.max_wait_ms is not None else config.max_wait_ms
-        if size <= 1:
-            return None
         return BatchSettings(size, wait, config.max_batch_rows, config.predict_timeout)
+
+    def _batch_size(self, name: str) -> int:
+        mc = self.config.models.get(name)
+        if mc is not None and mc.max_batch_size is not None:
+            return mc.max_batch_size
+        return self.config.max_batch_size
 
     def _sync_batchers(self) -> list[Batcher]:
         """Give every loaded version of the table a batcher with its settings.
@@ -372,8 +376,9 @@ class Gateway:
     async def _shadow_worker(self) -> None:
         """Predict queued shadow work in the shadow thread, one stacked call per version.
 
-        Under load the queue holds many requests for the same shadow; stacking them keeps the
-        shadow's cost per request as low as the batched primary's (the thread shares the core).
+        Under load the queue holds many requests for the same shadow; stacking them (up to the
+        model's max_batch_size) keeps a shadow's cost per request as low as a batched primary's.
+        Nobody waits for a shadow, so this holds whether or not `gateway.batching` is on.
         """
         loop = asyncio.get_running_loop()
         queue = self._shadow_queue
@@ -386,8 +391,7 @@ class Gateway:
                 groups.setdefault(id(job[0]), []).append(job)
             for group in groups.values():
                 model = group[0][0]
-                settings = self.batch_settings(model.name)
-                size = settings.max_batch_size if settings is not None else 1
+                size = max(self._batch_size(model.name), 1)
                 for i in range(0, len(group), size):
                     await self._shadow_batch(loop, model, group[i : i + size])
 

@@ -76,6 +76,13 @@ GOALS = (
         "rps",
         0.8,
     ),
+    Goal(
+        "gatewatch, log + 10% canary + shadow, batching off ≥ 0.8 × floor req/s",
+        "gatewatch-canary-shadow",
+        "floor",
+        "rps",
+        0.8,
+    ),
     Goal("gatewatch, batching on ≥ 1.2 × floor req/s", "gatewatch-batching", "floor", "rps", 1.2),
     Goal(
         "gatewatch, batching on ≥ 3 × MLServer req/s", "gatewatch-batching", "mlserver", "rps", 3.0
