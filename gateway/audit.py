@@ -8,6 +8,7 @@ and gateway workers never interleave.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,9 @@ from typing import Any
 import orjson
 
 __all__ = ["append", "audit_path", "cli_user", "read"]
+
+log = logging.getLogger("gatewatch.audit")
+write_errors = 0
 
 
 def audit_path(config_path: Path | None, configured: str | None = None) -> Path | None:
@@ -57,11 +61,20 @@ def append(
     }
     if path is not None:
         line = orjson.dumps(entry, option=orjson.OPT_NON_STR_KEYS) + b"\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # A read-only config folder (a ConfigMap) must not stop what the entry records:
+            # say so loudly, count it, and keep serving. Set gateway.audit_log to a writable path.
+            global write_errors
+            write_errors += 1
+            log.error(
+                "audit trail %s is not writable (%s); entry: %s", path, exc, line.decode().strip()
+            )
     return entry
 
 

@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     config = load_config(path)
     if path:
-        os.environ["GATEWATCH_CONFIG"] = str(Path(path).resolve())
+        os.environ["GATEWATCH_CONFIG"] = str(Path(path).absolute())
     workers = args.workers or config.workers
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Every worker writes its samples here and /metrics sums them.
@@ -145,6 +145,7 @@ def cmd_log_stats(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from gateway import audit, rollout
+    from gateway.config import load_config
 
     path = Path(_config_path(args.config) or "gatewatch.toml")
     if not path.is_file():
@@ -188,7 +189,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     before, after = rollout.edit_routing(path, args.name, apply)
     what = "; ".join(text for text, _ in changes)
     audit.append(
-        audit.audit_path(path.resolve()),
+        audit.audit_path(path.absolute(), load_config(path).audit_log),
         who=audit.cli_user(),
         action="edit",
         model=args.name,
@@ -202,9 +203,11 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from gateway import audit
+    from gateway.config import load_config
 
     config_path = _config_path(args.config)
-    path = audit.audit_path(Path(config_path).resolve() if config_path else None, args.file)
+    configured = args.file or (load_config(config_path).audit_log if config_path else None)
+    path = audit.audit_path(Path(config_path).absolute() if config_path else None, configured)
     if path is None:
         raise ConfigError("audit", "no config file: pass --config or --file")
     for entry in audit.read(path, args.model):

@@ -66,6 +66,7 @@ class GatewayConfig:
     max_wait_ms: float = 2.0
     workers: int = 1
     cors_origins: tuple[str, ...] = ()
+    audit_log: str | None = None
     log: LogConfig = field(default_factory=LogConfig)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     path: Path | None = None
@@ -201,6 +202,10 @@ def parse_config(
             kwargs["registry"] = value
         elif key == "listen":
             kwargs["listen"] = _listen("gateway.listen", value)
+        elif key == "audit_log":
+            if not isinstance(value, str) or not value:
+                raise ConfigError("gateway.audit_log", "must be a file path")
+            kwargs["audit_log"] = value
         elif key == "cors_origins":
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise ConfigError(
@@ -222,6 +227,7 @@ def parse_config(
                         "allow_pickle",
                         "batching",
                         "cors_origins",
+                        "audit_log",
                         *_GATEWAY_KEYS,
                     }
                 )
@@ -265,4 +271,7 @@ def load_config(
         raise ConfigError(str(path), f"unreadable ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML ({exc})") from exc
-    return parse_config(data, path.parent.resolve(), path=path.resolve(), environ=environ)
+    # absolute(), not resolve(): a Kubernetes ConfigMap is a symlink to a folder that is
+    # replaced on every update, and the watch must keep reading the link, not its old target.
+    path = path.absolute()
+    return parse_config(data, path.parent, path=path, environ=environ)

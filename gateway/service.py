@@ -89,7 +89,7 @@ class Gateway:
         self._metrics_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
-        self.audit_path = audit.audit_path(config.path)
+        self.audit_path = audit.audit_path(config.path, config.audit_log)
         self.watch_interval = 0.5
         self._batchers: dict[tuple[str, int], Batcher] = {}
         # prometheus_client's labels() takes a lock and builds a key on every call; the
@@ -287,7 +287,11 @@ class Gateway:
             if now != seen:
                 reason = "config file changed" if now[0] != seen[0] else "registry changed"
                 seen = now
-                await self.reload(reason, who="watch")
+                try:
+                    await self.reload(reason, who="watch")
+                except Exception:
+                    # The watch must outlive any one reload, or later changes would be missed.
+                    log.exception("reload after '%s' failed", reason)
 
     async def reload(self, reason: str, *, who: str = "gateway") -> bool:
         """Validate and load a new table off the event loop, then swap it in; False if refused.

@@ -66,6 +66,7 @@ class Actions:
         self.decisions_total: dict[tuple[str, str], int] = {}
         self.rollout_errors = 0
         self._next_rollout = 0.0
+        self._audit_log: str | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -146,6 +147,7 @@ class Actions:
                 except ConfigError as exc:
                     log.warning("sidecar: %s", exc)
         routing = {name: rollout.routing_of(mc) for name, mc in gateway_config.models.items()}
+        self._audit_log = gateway_config.audit_log
         return policies, routing, gateway_config
 
     def rollout_round(self, status: Mapping[str, Any], now: float) -> None:
@@ -181,7 +183,7 @@ class Actions:
                 self.controller.record(decision)
                 return
             audit.append(
-                audit.audit_path(self.config.path),
+                audit.audit_path(self.config.path, self._audit_log),
                 who="sidecar:rollout",
                 action="edit",
                 model=decision.model,

@@ -15,6 +15,7 @@ records or pairs; no reference metric) leaves the alert as it was.
 from __future__ import annotations
 
 import collections
+import hashlib
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -449,6 +450,8 @@ class AlertPolicy:
         self.registry = registry.rstrip("/") or "."
         self.sidecar_url = sidecar_url
         self._states: dict[_Key, _AlertState] = {}
+        self._seed: str | None = uuid.uuid4().hex
+        self._emitted = 0
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_recent)
 
     def replace_rules(self, rules: Iterable[AlertRule]) -> None:
@@ -564,7 +567,18 @@ class AlertPolicy:
             "sidecar_url": self.sidecar_url,
         }
         data.update(extra or {})
-        return Event(new_event_id(), event_type, iso_utc(now), data, rule.webhooks)
+        return Event(self._next_id(), event_type, iso_utc(now), data, rule.webhooks)
+
+    def _next_id(self) -> str:
+        """Ids follow from the policy's own seed and event count, both checkpointed: a sidecar
+        killed after committing an event, and replaying from its checkpoint, emits the same id
+        again, which the outbox recognises instead of delivering the alert twice."""
+        seed = getattr(self, "_seed", None)
+        if seed is None:
+            seed = self._seed = uuid.uuid4().hex
+        count = getattr(self, "_emitted", 0) + 1
+        self._emitted = count
+        return "evt_" + hashlib.sha256(f"{seed}:{count}".encode()).hexdigest()[:32]
 
     def _emit(self, event: Event, events: list[Event]) -> None:
         events.append(event)
