@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -60,6 +62,7 @@ class Actions:
         self.rules = parse_alerts(list(raw.get("alerts", [])), set(self.targets))
         self.extra = extra
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.instance_id = _instance_id(config.state_dir)
         self.outbox = Outbox(config.state_dir / OUTBOX_FILE)
         self.deliverer = Deliverer(self.outbox, self.targets)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -79,7 +82,10 @@ class Actions:
         policy = self.extra.get("alerts")
         if not isinstance(policy, AlertPolicy):
             policy = AlertPolicy(
-                self.rules, registry=str(self.config.registry), sidecar_url=self.public_url
+                self.rules,
+                registry=str(self.config.registry),
+                sidecar_url=self.public_url,
+                seed=self.instance_id,
             )
             self.extra["alerts"] = policy
         return policy
@@ -225,6 +231,18 @@ class Actions:
     def rollouts_view(self) -> dict[str, Any]:
         policies, routing, _ = self.routing()
         return {"models": self.controller.view(policies, routing)}
+
+
+def _instance_id(state_dir: Path) -> str:
+    """A random id made once per state folder: a restart from no checkpoint (or an old one)
+    replays events with the ids it gave them before."""
+    path = state_dir / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = uuid.uuid4().hex
+        path.write_text(value + "\n")
+        return value
 
 
 def _both(first: rollout.Change, second: rollout.Change) -> rollout.Change:

@@ -445,12 +445,13 @@ class AlertPolicy:
         registry: str = "registry",
         sidecar_url: str | None = None,
         keep_recent: int = DEFAULT_RECENT,
+        seed: str | None = None,
     ) -> None:
         self.rules = list(rules)
         self.registry = registry.rstrip("/") or "."
         self.sidecar_url = sidecar_url
         self._states: dict[_Key, _AlertState] = {}
-        self._seed: str | None = uuid.uuid4().hex
+        self._seed: str | None = seed or uuid.uuid4().hex
         self._emitted = 0
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_recent)
 
@@ -567,18 +568,20 @@ class AlertPolicy:
             "sidecar_url": self.sidecar_url,
         }
         data.update(extra or {})
-        return Event(self._next_id(), event_type, iso_utc(now), data, rule.webhooks)
+        key = f"{event_type}:{rule.name}:{model}:{version}"
+        return Event(self._next_id(key), event_type, iso_utc(now), data, rule.webhooks)
 
-    def _next_id(self) -> str:
-        """Ids follow from the policy's own seed and event count, both checkpointed: a sidecar
-        killed after committing an event, and replaying from its checkpoint, emits the same id
-        again, which the outbox recognises instead of delivering the alert twice."""
+    def _next_id(self, key: str) -> str:
+        """Ids follow from the seed (the sidecar's instance id), the count of events emitted
+        (checkpointed) and what the event is about: a sidecar killed after committing an event
+        and replaying from its checkpoint, or from the start, emits the same id again, which
+        the outbox recognises instead of delivering the alert twice."""
         seed = getattr(self, "_seed", None)
         if seed is None:
             seed = self._seed = uuid.uuid4().hex
         count = getattr(self, "_emitted", 0) + 1
         self._emitted = count
-        return "evt_" + hashlib.sha256(f"{seed}:{count}".encode()).hexdigest()[:32]
+        return "evt_" + hashlib.sha256(f"{seed}:{count}:{key}".encode()).hexdigest()[:32]
 
     def _emit(self, event: Event, events: list[Event]) -> None:
         events.append(event)

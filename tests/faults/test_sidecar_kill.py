@@ -153,15 +153,6 @@ def test_kill_9_under_load_counts_every_record_once_and_fires_the_alert_once(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sidecar/alerts.py AlertPolicy._event gives every event a fresh uuid4 id: a sidecar "
-        "killed after committing an alert to the outbox and before its next checkpoint fires "
-        "it again on restart under a new webhook-id, and the outbox's INSERT OR IGNORE cannot "
-        "recognise the repeat"
-    ),
-)
 def test_alert_committed_just_before_a_kill_is_not_sent_twice(tmp_path: Path) -> None:
     """The window between the outbox commit (in the consumer's batch listener) and the next
     checkpoint: a long checkpoint interval holds it open, so the kill falls inside it."""
