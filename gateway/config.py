@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from gateway.registry import NAME_RE
 __all__ = ["Canary", "GatewayConfig", "ModelConfig", "load_config", "parse_config"]
 
 SECTIONS = frozenset({"gateway", "log", "models", "sidecar", "monitors", "alerts", "webhooks"})
+_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 MODEL_KEYS = frozenset(
     {"primary", "canary", "shadow", "sticky_header", "max_batch_size", "max_wait_ms", "rollout"}
 )
@@ -147,8 +149,8 @@ def _model(name: str, table: Mapping[str, Any]) -> ModelConfig:
         raise ConfigError(f"{prefix}.shadow", f"must be a list of versions, got {shadow!r}")
     shadows = tuple(_int(f"{prefix}.shadow", v, minimum=1) for v in shadow)
     sticky = table.get("sticky_header")
-    if sticky is not None and (not isinstance(sticky, str) or not sticky.strip()):
-        raise ConfigError(f"{prefix}.sticky_header", "must be a header name")
+    if sticky is not None and (not isinstance(sticky, str) or not _HEADER_RE.match(sticky)):
+        raise ConfigError(f"{prefix}.sticky_header", f"must be an HTTP header name, got {sticky!r}")
     batch = table.get("max_batch_size")
     wait = table.get("max_wait_ms")
     rollout = table.get("rollout", {})

@@ -193,12 +193,31 @@ def set_paused(paused: bool) -> Change:
     return change
 
 
+def _check_plain(key: str, value: Any) -> None:
+    """Only what TOML can hold: a null inside a value has no TOML form."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if v is None:
+                raise ConfigError(f"{key}.{k}", "must not be null")
+            _check_plain(f"{key}.{k}", v)
+    elif isinstance(value, list):
+        for v in value:
+            if v is None:
+                raise ConfigError(key, "must not hold null")
+            _check_plain(key, v)
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        raise ConfigError(key, f"unsupported value {value!r}")
+
+
 def set_routing(body: Mapping[str, Any]) -> Change:
     """Replace the routing keys given (admin API); `null` removes a key."""
     allowed = {"primary", "canary", "shadow", "sticky_header"}
     unknown = set(body) - allowed
     if unknown:
         raise ConfigError("routing", f"unknown keys {sorted(unknown)} (known: {sorted(allowed)})")
+
+    for key, value in body.items():
+        _check_plain(f"routing.{key}", value)
 
     def change(table: Table) -> None:
         for key, value in body.items():
