@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -81,13 +82,14 @@ checkpoint_interval = 0.2
         gateway_process(config_path, ports[1], env=process_env()),
         sidecar_process(config_path, sidecar_url) as sidecar,
     ):
-        loads = [
-            Load(url, threads=2, limit=PER_GATEWAY // 2, prefix=f"gw{i}", seed=10 * i)
-            for i, url in enumerate(urls)
-        ]
-        for load in loads:
-            load.__enter__()
-        answers = [a for load in loads for a in load.join()]
+        with contextlib.ExitStack() as stack:
+            loads = [
+                stack.enter_context(
+                    Load(url, threads=2, limit=PER_GATEWAY // 2, prefix=f"gw{i}", seed=10 * i)
+                )
+                for i, url in enumerate(urls)
+            ]
+            answers = [a for load in loads for a in load.join()]
         for url, load in zip(urls, loads, strict=True):
             wait_drained(url, len(load.answers))
         wait_for(
@@ -174,6 +176,10 @@ def test_compose_file_matches_the_real_cli_config_and_ports() -> None:
     assert gateway_config.log.url == "redis://redis:6379/0", "the redis service, default port"
     nginx = data["configs"]["nginx-conf"]["content"]
     assert f"http://gateway:{port}" in nginx and "listen 8000;" in nginx
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    code = [line for line in text.splitlines() if not line.strip().startswith("#")]
+    lone = [line for line in code if re.search(r"(?<!\$)\$(?![${])", line)]
+    assert lone == [], "compose would interpolate these: write $$ for a literal $"
     assert "8000:8000" in services["lb"]["ports"]
     for service in (gateway, sidecar):
         mounts = {m.removesuffix(":ro").rsplit(":", 1)[1]: m for m in service["volumes"]}
