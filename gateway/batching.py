@@ -240,4 +240,11 @@ def _stack_and_predict(model: Model, live: list[_Pending]) -> Prediction:
     """One call for the whole batch (runs in the batcher's thread)."""
     if len(live) == 1:
         return model.predict(live[0].X)
-    return model.predict(np.concatenate([p.X for p in live]))
+    X = np.concatenate([p.X for p in live])
+    prediction = model.predict(X)
+    # Splitting a short answer would hand requests each other's rows: refuse it instead.
+    if len(prediction.labels) != len(X) or (
+        prediction.proba is not None and len(prediction.proba) != len(X)
+    ):
+        raise ValueError(f"the model answered {len(prediction.labels)} rows for {len(X)}")
+    return prediction

@@ -122,7 +122,11 @@ def goal_lines(cells: Mapping[Key, Cell]) -> list[str]:
         ratio = a / b if b else float("nan")
         met = ratio >= goal.bound if goal.higher_is_better else ratio <= goal.bound
         verdict = "**met**" if met else "**missed**"
-        lines.append(f"- {goal.text}: {ratio:.2f} ({_fmt(a)} vs {_fmt(b)}) — {verdict}")
+        line = f"- {goal.text}: {ratio:.2f} ({_fmt(a)} vs {_fmt(b)}) — {verdict}"
+        if goal.attribute == "rps" and mine.cpu_us > 0:
+            # Requests per CPU-second: what req/s would be with the core to itself.
+            line += f"; per CPU-second {base.cpu_us / mine.cpu_us:.2f}"
+        lines.append(line)
     return lines
 
 
