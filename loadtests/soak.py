@@ -1,7 +1,7 @@
 """Soak: a gateway and a sidecar under steady load for a bounded time, with drift and canary
 changes, then a report of memory, file descriptors, errors and record counts.
 
-    python -m loadtests.soak [--duration 600] [--rate 150] [--json soak.json]
+    python -m loadtests.soak [--duration 600] [--rate 250] [--json soak.json]
 
 Traffic: ``--threads`` clients send 1 to ``--rows`` rows per request at ``--rate`` requests per
 second in all, and send the true label of most answers back as feedback. Every
@@ -9,9 +9,12 @@ second in all, and send the true label of most answers back as feedback. Every
 alert fires, then resolves, through a local webhook receiver); every ``--canary-every``
 seconds a canary of v2 is set or rolled back by editing gatewatch.toml, which both processes
 follow. The resident memory and open descriptors of both processes are sampled every few
-seconds; "flat" compares the median of the first and last fifth of the samples taken after
-the warm-up (the first ``--warmup`` share of the run): growth of at most 5 MB or 5%.
-At the end the client's, the gateway's, the log's and the sidecar's counts must agree.
+seconds. The warm-up lasts at least the first ``--warmup`` share of the run and until the
+sidecar's bounded memories are full (its de-dup window of the last DEDUP_WINDOW record keys,
+and the label window): they grow by design until then. "Flat" compares the median of the
+first and last fifth of the samples after the warm-up: growth of at most 5 MB or 5%. A run too
+short to fill the de-dup window does not judge memory. At the end the client's, the
+gateway's, the log's and the sidecar's counts must agree, and no error may have occurred.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,7 @@ from gateway import rollout
 from gateway.cli import main as gatewatch
 from gateway.config import load_config
 from gateway.predlog import is_prediction, iter_records
+from sidecar.engine import DEDUP_WINDOW
 
 __all__ = ["Settings", "main", "render", "run"]
 
@@ -56,12 +60,14 @@ WEIGHTS = np.linspace(-1.0, 1.0, N_FEATURES)
 SECRET_ENV = "GATEWATCH_SOAK_WEBHOOK_SECRET"
 SECRET = "whsec_" + base64.b64encode(b"gatewatch-soak-webhook-secret-0").decode()
 FLAT_MB, FLAT_SHARE = 5.0, 0.05
+LABEL_TTL = 60.0
+"""The sidecar's label_ttl here: predictions wait this long (record time) for their label."""
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     duration: float = 600.0
-    rate: float = 150.0
+    rate: float = 250.0
     threads: int = 4
     rows: int = 8
     feedback: float = 0.9
@@ -109,7 +115,7 @@ primary = 1
 [sidecar]
 listen = "127.0.0.1:{sidecar_port}"
 state_dir = "var/sidecar"
-label_ttl = 60
+label_ttl = {LABEL_TTL:g}
 
 [[webhooks]]
 name = "hook"
@@ -244,8 +250,9 @@ class Traffic:
 class Service:
     """A gateway or sidecar process, stopped with SIGTERM like a service manager does."""
 
-    def __init__(self, module: str, config: Path, ready: str, log: Path) -> None:
+    def __init__(self, module: str, config: Path, ready: str, root: Path) -> None:
         env = {**os.environ, SECRET_ENV: SECRET}
+        log = root / f"{module}.out"
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, "--config", str(config)],
@@ -273,6 +280,11 @@ class Service:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) / 1024
         return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -319,15 +331,44 @@ def _wait(check: Callable[[], bool], timeout: float = 120.0) -> bool:
     return False
 
 
-Samples = list[list[tuple[float, float, int]]]
+Series = list[tuple[float, float, int]]
+"""Samples of one process: (seconds since the start, resident MB, open descriptors)."""
+
+
+@dataclass
+class Observed:
+    """What a run saw; `_report` turns it into figures and checks."""
+
+    elapsed: float = 0.0
+    samples: dict[str, Series] = field(default_factory=lambda: {"gateway": [], "sidecar": []})
+    consumed: list[tuple[float, int]] = field(default_factory=list)
+    canary_changes: int = 0
+    gateway: dict[str, float] = field(default_factory=dict)
+    log: dict[str, int] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
+    webhooks: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    codes: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def _sample(seen: Observed, elapsed: float, services: dict[str, Service], sidecar: str) -> None:
+    for name, service in services.items():
+        seen.samples[name].append((elapsed, *service.sample()))
+    with contextlib.suppress(httpx.HTTPError):
+        seen.consumed.append((elapsed, httpx.get(f"{sidecar}/healthz").json()["consumed"]))
 
 
 def _drive(
-    settings: Settings, config: Path, traffic: Traffic, services: list[Service]
-) -> tuple[Samples, int, float]:
+    settings: Settings,
+    config: Path,
+    traffic: Traffic,
+    services: dict[str, Service],
+    sidecar: str,
+    seen: Observed,
+) -> None:
     """Run the traffic for the duration, with drift and canary changes; sample both processes."""
-    samples: Samples = [[] for _ in services]
-    canary_changes = 0
     canary = False
     started = time.monotonic()
     next_sample, next_canary = started, started + settings.canary_every
@@ -341,33 +382,29 @@ def _drive(
                 change = rollout.rollback() if canary else rollout.set_canary(2, 0.2)
                 rollout.edit_routing(config, "churn", change)
                 canary = not canary
-                canary_changes += 1
+                seen.canary_changes += 1
                 next_canary += settings.canary_every
             if now >= next_sample:
-                for series, service in zip(samples, services, strict=True):
-                    series.append((elapsed, *service.sample()))
+                _sample(seen, elapsed, services, sidecar)
                 next_sample += settings.sample_every
             time.sleep(0.05)
     finally:
         traffic.stop()
-    return samples, canary_changes, time.monotonic() - started
+        seen.elapsed = time.monotonic() - started
 
 
 def run(settings: Settings, root: Path) -> dict[str, Any]:
     """Run the soak in ``root`` (an empty folder) and answer the report."""
     gateway_port, sidecar_port = _free_port(), _free_port()
     gw, sc = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{sidecar_port}"
+    seen = Observed()
     with Hooks() as hooks:
         config = prepare(root, hooks.url, gateway_port, sidecar_port)
-        gateway = Service("gateway", config, f"{gw}/v2/health/ready", root / "gateway.out")
+        services = {"gateway": Service("gateway", config, f"{gw}/v2/health/ready", root)}
         try:
-            sidecar = Service("sidecar", config, f"{sc}/healthz", root / "sidecar.out")
-        except BaseException:
-            gateway.stop()
-            raise
-        try:
+            services["sidecar"] = Service("sidecar", config, f"{sc}/healthz", root)
             traffic = Traffic(gw, settings)
-            samples, canary_changes, elapsed = _drive(settings, config, traffic, [gateway, sidecar])
+            _drive(settings, config, traffic, services, sc, seen)
             submitted = traffic.answered + traffic.feedback
 
             def drained() -> bool:
@@ -375,35 +412,25 @@ def run(settings: Settings, root: Path) -> dict[str, Any]:
                 return c["queued"] == 0 and c["written"] + c["dropped"] >= submitted
 
             _wait(drained)
-            log = Counter(
-                "predictions" if is_prediction(r) else str(r.get("kind"))
-                for r in iter_records(load_config(config).log, follow=False)
+            seen.log = dict(
+                Counter(
+                    "predictions" if is_prediction(r) else str(r.get("kind"))
+                    for r in iter_records(load_config(config).log, follow=False)
+                )
             )
-            _wait(lambda: httpx.get(f"{sc}/status").json()["records"] >= log["predictions"])
-            time.sleep(2.0)  # let deliveries of the last alerts finish
-            for series, service in zip(samples, (gateway, sidecar), strict=True):
-                series.append((elapsed, *service.sample()))
-            gateway_figures = _gateway_figures(gw)
-            status = httpx.get(f"{sc}/status").json()
-            health = httpx.get(f"{sc}/healthz").json()
-            webhooks = httpx.get(f"{sc}/webhooks").json()["counters"]
+            predictions = seen.log.get("predictions", 0)
+            _wait(lambda: httpx.get(f"{sc}/status").json()["records"] >= predictions)
+            time.sleep(2.0)  # deliveries of the last alerts
+            _sample(seen, seen.elapsed, services, sc)
+            seen.cpu = {name: service.cpu() for name, service in services.items()}
+            seen.gateway = _gateway_figures(gw)
+            seen.status = httpx.get(f"{sc}/status").json()
+            seen.health = httpx.get(f"{sc}/healthz").json()
+            seen.webhooks = httpx.get(f"{sc}/webhooks").json()["counters"]
         finally:
-            codes = {"gateway": gateway.stop(), "sidecar": sidecar.stop()}
-        events = dict(hooks.events)
-    return _report(
-        settings,
-        elapsed,
-        traffic,
-        gateway_figures,
-        dict(log),
-        status,
-        health,
-        webhooks,
-        events,
-        canary_changes,
-        samples,
-        codes,
-    )
+            seen.codes = {name: service.stop() for name, service in services.items()}
+        seen.events = dict(hooks.events)
+    return _report(settings, traffic, seen)
 
 
 def _gateway_figures(url: str) -> dict[str, float]:
@@ -418,106 +445,113 @@ def _gateway_figures(url: str) -> dict[str, float]:
     return figures
 
 
-def _report(
-    settings: Settings,
-    elapsed: float,
-    traffic: Traffic,
-    gateway: dict[str, float],
-    log: dict[str, int],
-    status: dict[str, Any],
-    health: dict[str, Any],
-    webhooks: dict[str, int],
-    events: dict[str, int],
-    canary_changes: int,
-    samples: Samples,
-    codes: dict[str, int],
-) -> dict[str, Any]:
-    warmup = settings.warmup * settings.duration
-    memory = {
-        n: _growth(s, 1, warmup) for n, s in zip(("gateway", "sidecar"), samples, strict=True)
+def _warmup(settings: Settings, seen: Observed) -> tuple[float, bool]:
+    """When the steady state starts: after the configured share of the run, the label window
+    (LABEL_TTL) and the filling of the sidecar's de-dup window (DEDUP_WINDOW record keys), the
+    bounded memories that grow by design until full. False if the window never filled."""
+    floor = max(settings.warmup * settings.duration, LABEL_TTL)
+    filled = next((t for t, n in seen.consumed if n >= DEDUP_WINDOW), None)
+    return (floor, False) if filled is None else (max(floor, filled), True)
+
+
+def _errors(traffic: Traffic, seen: Observed) -> dict[str, float]:
+    g, h = seen.gateway, seen.health
+    errors: dict[str, float] = {f"client {k}": v for k, v in traffic.errors.items()}
+    errors |= {
+        "gateway dropped records": g["dropped"],
+        "gateway write errors": g["write_errors"],
+        "gateway predict errors": g["predict_errors"],
+        "gateway reloads refused": g["reloads_refused"],
+        "sidecar invalid records": seen.status["invalid"],
+        "webhooks dead-lettered": seen.webhooks.get("dead_lettered", 0),
+        "webhooks pending": seen.webhooks.get("pending", 0),
     }
-    fds = {n: _growth(s, 2, warmup) for n, s in zip(("gateway", "sidecar"), samples, strict=True)}
-    errors = {
-        **{f"client {k}": v for k, v in traffic.errors.items()},
-        "gateway dropped records": gateway["dropped"],
-        "gateway write errors": gateway["write_errors"],
-        "gateway predict errors": gateway["predict_errors"],
-        "gateway reloads refused": gateway["reloads_refused"],
-        **{
-            f"sidecar {k}": health[k]
-            for k in ("checkpoint_errors", "read_errors", "listener_errors", "corrupt_lines")
-        },
-        "sidecar invalid records": status["invalid"],
-        "webhooks dead-lettered": webhooks.get("dead_lettered", 0),
-        "webhooks pending": webhooks.get("pending", 0),
-        **{f"{k} exit code": v for k, v in codes.items() if v not in (0, -signal.SIGTERM)},
-    }
-    counts = {
+    for key in ("checkpoint_errors", "read_errors", "listener_errors", "corrupt_lines"):
+        errors[f"sidecar {key}"] = h[key]
+    for name, code in seen.codes.items():
+        errors[f"{name} exit code {code}"] = float(code not in (0, -signal.SIGTERM))
+    return {k: v for k, v in errors.items() if v}
+
+
+def _report(settings: Settings, traffic: Traffic, seen: Observed) -> dict[str, Any]:
+    warmup, steady = _warmup(settings, seen)
+    memory = {n: _growth(s, 1, warmup) for n, s in seen.samples.items()}
+    fds = {n: _growth(s, 2, warmup) for n, s in seen.samples.items()}
+    c = {
         "answered": traffic.answered,
         "feedback accepted": traffic.feedback,
-        "gateway answered": int(gateway["answered"]),
-        "gateway written": int(gateway["written"]),
-        "log predictions": log.get("predictions", 0),
-        "log feedback": log.get("feedback", 0),
-        "sidecar records": status["records"],
-        "sidecar feedback": status["feedback"],
-        "sidecar duplicates": status["duplicates"],
+        "gateway answered": int(seen.gateway["answered"]),
+        "gateway written": int(seen.gateway["written"]),
+        "log predictions": seen.log.get("predictions", 0),
+        "log feedback": seen.log.get("feedback", 0),
+        "sidecar records": seen.status["records"],
+        "sidecar feedback": seen.status["feedback"],
+        "sidecar duplicates": seen.status["duplicates"],
     }
-    checks = {
-        "records add up": (
-            counts["answered"]
-            == counts["gateway answered"]
-            == counts["log predictions"]
-            == counts["sidecar records"]
-            and counts["feedback accepted"] == counts["log feedback"] == counts["sidecar feedback"]
-            and counts["gateway written"] == counts["answered"] + counts["feedback accepted"]
-        ),
-        "no errors": not any(errors.values()),
-        "memory flat": all(
-            m["growth"] <= max(FLAT_MB, FLAT_SHARE * m["after_warmup"]) for m in memory.values()
-        ),
+    predictions = {c["answered"], c["gateway answered"], c["log predictions"], c["sidecar records"]}
+    feedback = {c["feedback accepted"], c["log feedback"], c["sidecar feedback"]}
+    errors = _errors(traffic, seen)
+    flat = all(m["growth"] <= max(FLAT_MB, FLAT_SHARE * m["after_warmup"]) for m in memory.values())
+    checks: dict[str, bool | None] = {
+        "records add up": len(predictions) == 1
+        and len(feedback) == 1
+        and c["gateway written"] == c["answered"] + c["feedback accepted"],
+        "no errors": not errors,
+        "memory flat": flat if steady else None,
         "descriptors flat": all(f["growth"] <= 4 for f in fds.values()),
     }
     return {
         "settings": asdict(settings),
-        "elapsed_s": round(elapsed, 1),
-        "counts": counts,
-        "errors": {k: v for k, v in errors.items() if v},
+        "elapsed_s": round(seen.elapsed, 1),
+        "warmup_s": round(warmup, 1),
+        "steady_state": steady,
+        "counts": c,
+        "errors": errors,
         "alerts": {
-            "fired": events.get("model.drift_detected", 0),
-            "resolved": events.get("alert.resolved", 0),
-            "webhooks sent": webhooks.get("sent", 0),
+            "fired": seen.events.get("model.drift_detected", 0),
+            "resolved": seen.events.get("alert.resolved", 0),
+            "webhooks sent": seen.webhooks.get("sent", 0),
         },
-        "canary changes": canary_changes,
-        "reloads": int(gateway["reloads_ok"]),
+        "canary changes": seen.canary_changes,
+        "reloads": int(seen.gateway["reloads_ok"]),
         "memory_mb": memory,
+        "cpu_s": seen.cpu,
         "descriptors": fds,
         "checks": checks,
-        "samples": {"gateway": samples[0], "sidecar": samples[1]},
+        "samples": seen.samples,
+        "sidecar_consumed": seen.consumed,
     }
 
 
 def render(report: dict[str, Any]) -> str:
     """The report as Markdown, for loadtests/RESULTS.md."""
-    s, c = report["settings"], report["counts"]
+    s, c, a = report["settings"], report["counts"], report["alerts"]
     lines = [
         "## Soak",
         "",
         f"{time.strftime('%Y-%m-%d')}, {report['elapsed_s']:.0f} s at {s['rate']:g} requests/s "
         f"({s['threads']} clients, 1-{s['rows']} rows, feedback for {s['feedback']:.0%}), drift "
-        f"every {s['drift_every']:g} s, canary changed every {s['canary_every']:g} s; warm-up "
-        f"{s['warmup']:.0%}. Python {sys.version.split()[0]}, {os.cpu_count()} CPUs.",
+        f"every {s['drift_every']:g} s, canary changed every {s['canary_every']:g} s. "
+        + (
+            f"Warm-up: the first {report['warmup_s']:.0f} s, until the sidecar's de-dup window "
+            f"({DEDUP_WINDOW:,} record keys) and label window ({LABEL_TTL:g} s) were full."
+            if report["steady_state"]
+            else f"The sidecar's de-dup window ({DEDUP_WINDOW:,} record keys) did not fill: "
+            "no steady state, memory not judged."
+        )
+        + f" Python {sys.version.split()[0]}, {os.cpu_count()} CPUs.",
         "",
-        "| process | RSS after warm-up | RSS at end | growth | peak | open fds (after warm-up → end) |",
-        "|---|---|---|---|---|---|",
+        "| process | RSS after warm-up | RSS at end | growth | peak | open fds | CPU |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, m in report["memory_mb"].items():
         f = report["descriptors"][name]
         lines.append(
             f"| {name} | {m['after_warmup']:.1f} MB | {m['end']:.1f} MB | {m['growth']:+.1f} MB "
-            f"| {m['peak']:.1f} MB | {f['after_warmup']:.0f} → {f['end']:.0f} |"
+            f"| {m['peak']:.1f} MB | {f['after_warmup']:.0f} → {f['end']:.0f} "
+            f"| {report['cpu_s'][name] / report['elapsed_s']:.0%} of a core |"
         )
-    a = report["alerts"]
+    verdict = {True: "yes", False: "NO", None: "not judged (no steady state reached)"}
     lines += [
         "",
         f"Records: {c['answered']} predictions answered (gateway counted {c['gateway answered']}), "
@@ -529,9 +563,7 @@ def render(report: dict[str, Any]) -> str:
         f"webhooks delivered); {report['canary changes']} canary changes, "
         f"{report['reloads']} gateway reloads.",
         "Errors: " + (", ".join(f"{k} {v:g}" for k, v in report["errors"].items()) or "none") + ".",
-        "Checks: "
-        + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in report["checks"].items())
-        + ".",
+        "Checks: " + ", ".join(f"{k} {verdict[ok]}" for k, ok in report["checks"].items()) + ".",
     ]
     return "\n".join(lines) + "\n"
 
@@ -552,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     print(render(report), end="")
-    return 0 if all(report["checks"].values()) else 1
+    return 1 if False in report["checks"].values() else 0
 
 
 if __name__ == "__main__":

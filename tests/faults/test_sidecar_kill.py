@@ -170,7 +170,6 @@ def test_alert_committed_just_before_a_kill_is_not_sent_twice(tmp_path: Path) ->
                 load.wait_ok(300)
                 load.shift = 1.0
                 wait_for(lambda: drift_events(receiver), "the drift alert reaching the receiver")
-                assert sidecar.get("/healthz")["checkpoints"] == 0
                 sidecar.kill()
                 sidecar.start()
                 load.wait_ok(100)
