@@ -1,6 +1,6 @@
 """The soak runner works: a 15-second run with drift and canary changes ends with record counts
-that add up and no error. Fifteen seconds say nothing about memory, so that check is left to
-the real run (python -m loadtests.soak, 10 minutes)."""
+that add up and no error. Fifteen seconds do not fill the sidecar's bounded memories, so the
+runner does not judge memory: that is for the real run (python -m loadtests.soak, 10 minutes)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def test_short_soak_counts_add_up(tmp_path: Path) -> None:
     assert done.returncode in (0, 1), done.stderr
     report = json.loads(out.read_text())
     checks = report["checks"]
-    assert done.returncode == (0 if all(checks.values()) else 1)
+    assert done.returncode == (1 if False in checks.values() else 0)
+    assert checks["memory flat"] is None, "too short to fill the sidecar's de-dup window"
     assert checks["records add up"], report["counts"]
     assert checks["no errors"], report["errors"]
     counts = report["counts"]
