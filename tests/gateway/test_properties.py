@@ -12,7 +12,7 @@ of the parsers gets reached. The properties:
 - the gateway keeps serving afterwards.
 
 The bugs these tests found are kept at the end as strict xfail tests; the generators steer
-clear of them (see `header_safe`, `_no_nested_null`) until they are fixed.
+clear of them (see `header_safe`, `JSON_NOT_NULL`) until they are fixed.
 """
 
 from __future__ import annotations
@@ -54,21 +54,25 @@ FEEDBACK = "/v1/feedback"
 ROUTING = "/admin/models/churn/routing"
 # The registry: a 20-feature classifier (v1, v2) and a 3-feature regressor (see tests._models).
 FEATURES = {"churn": [f"f{i}" for i in range(20)], "price": [f"f{i}" for i in range(3)]}
-DATATYPES = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-]
-NUMPY_TYPES = {name: np.dtype(code) for name, code in zip(DATATYPES, "?BHILbhilefd", strict=True)}
+# The binary tensor extension's datatypes, as little-endian numpy types.
+NUMPY_TYPES = {
+    name: np.dtype(code)
+    for name, code in [
+        ("BOOL", "?"),
+        ("UINT8", "u1"),
+        ("UINT16", "<u2"),
+        ("UINT32", "<u4"),
+        ("UINT64", "<u8"),
+        ("INT8", "i1"),
+        ("INT16", "<i2"),
+        ("INT32", "<i4"),
+        ("INT64", "<i8"),
+        ("FP16", "<f2"),
+        ("FP32", "<f4"),
+        ("FP64", "<f8"),
+    ]
+}
+DATATYPES = list(NUMPY_TYPES)
 SETTINGS = settings(
     deadline=None,
     database=None,
@@ -211,7 +215,7 @@ def v2_requests(draw: st.DrawFn) -> Sent:
             arr = np.asarray(X, dtype=dtype).reshape(rows, len(features))
         else:
             arr = draw(arrays(dtype, (rows, len(features))))
-        binary = arr.astype(dtype.newbyteorder("<")).tobytes()
+        binary = arr.tobytes()
         size = draw(st.just(len(binary)) | st.integers(-1, 2 * len(binary) + 8))
         inputs = [
             {
@@ -434,9 +438,10 @@ def assert_infer_answer(r: httpx.Response, sent: Sent) -> None:
     assert raw_header(r, b"x-request-id") == header["id"].encode("latin-1").strip(b" \t")
     if sent.well_formed and sent.request_id is not None:
         assert header["id"] == sent.request_id
+    # `"outputs": []` asks for no output, and gets none.
     rows = {o["shape"][0] for o in header["outputs"]}
-    assert len(rows) == 1
-    if sent.well_formed:
+    assert len(rows) <= 1
+    if sent.well_formed and header["outputs"]:
         assert rows == {sent.rows}
     sizes = 0
     for out in header["outputs"]:
