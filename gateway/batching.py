@@ -210,6 +210,13 @@ class Batcher:
         except Exception as exc:
             if isinstance(exc, TimeoutError):
                 exc = TimeoutError(f"no answer within {self.settings.timeout_s:g} s")
+            elif len(live) > 1:
+                # One request's rows may be what made the model raise: answer each request
+                # on its own, so only the one at fault gets the error.
+                self._observe(len(live), rows, exc)
+                for p in live:
+                    await self._predict([p])
+                return
             self._observe(len(live), rows, exc)
             for p in live:
                 if not p.future.done():

@@ -33,7 +33,7 @@ from gateway.predlog import PredictionLog
 from gateway.registry import list_models, list_versions
 from gateway.routing import ModelRoutes, Route, RoutingTable
 
-__all__ = ["Gateway", "Outcome", "PredictError"]
+__all__ = ["Gateway", "Outcome", "PredictError", "PredictTimeout"]
 
 log = logging.getLogger("gatewatch.gateway")
 
@@ -45,6 +45,12 @@ class PredictError(GatewayError):
     """The model itself failed; the caller gets a 500 that says so."""
 
     status_code = 500
+
+
+class PredictTimeout(PredictError):
+    """The model did not answer within predict_timeout; the caller gets a 504."""
+
+    status_code = 504
 
 
 @dataclass(slots=True)
@@ -195,8 +201,16 @@ class Gateway:
         name = model.name
         latency = (time.perf_counter() - start) * 1000.0
         self.metrics.predict_errors.labels(name, str(model.version)).inc()
-        self._log(model, route, request_id, X, None, latency, 500, f"{type(exc).__name__}: {exc}")
+        timeout = isinstance(exc, TimeoutError)
+        status = 504 if timeout else 500
+        self._log(
+            model, route, request_id, X, None, latency, status, f"{type(exc).__name__}: {exc}"
+        )
         log.error("%s v%d failed to predict", name, model.version, exc_info=exc)
+        if timeout:
+            return PredictTimeout(
+                f"model {name} v{model.version} did not answer in time: {exc} (predict_timeout)"
+            )
         return PredictError(
             f"model {name} v{model.version} failed to predict: {type(exc).__name__}: {exc}"
         )

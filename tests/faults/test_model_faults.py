@@ -96,14 +96,6 @@ def send_wave(port: int, bodies: list[bytes]) -> list[int]:
             conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway/batching.py Batcher._predict sets the model's exception on every request of "
-        "the batch: one request whose rows make the model raise fails the requests batched "
-        "with it (they get a 500 they did not cause)"
-    ),
-)
 def test_batched_with_a_raising_request_the_others_are_answered(
     tmp_path: Path, registry: Path
 ) -> None:
@@ -121,14 +113,6 @@ def test_batched_with_a_raising_request_the_others_are_answered(
         assert others == [200] * (WAVE - 1), statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway.predict_timeout is not enforced yet: gateway/service.py and "
-        "gateway/batching.py call the model inline on the event loop, so a hanging model "
-        "holds every request of the process until it returns, and then answers 200"
-    ),
-)
 def test_a_hanging_request_gets_a_504_and_the_others_are_answered(
     tmp_path: Path, registry: Path
 ) -> None:
