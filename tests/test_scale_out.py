@@ -222,6 +222,9 @@ def test_kubernetes_manifests_match_the_real_cli_config_ports_and_probes() -> No
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert objects[("Deployment", "gatewatch-gateway")]["spec"]["replicas"] >= 2
+    assert gateway_config.audit_log is not None, "the ConfigMap's folder is read-only"
+    audit_folder = mounted_at(gateway, str(Path(gateway_config.audit_log).parent))
+    assert not audit_folder.get("readOnly") and "emptyDir" in audit_folder["volume"]
 
     sidecar = container(objects, "gatewatch-sidecar")
     assert check_sidecar_args(sidecar["args"]) == config_path
