@@ -23,7 +23,7 @@ from gateway.registry import NAME_RE
 __all__ = ["Canary", "GatewayConfig", "ModelConfig", "load_config", "parse_config"]
 
 SECTIONS = frozenset({"gateway", "log", "models", "sidecar", "monitors", "alerts", "webhooks"})
-_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+_HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")
 MODEL_KEYS = frozenset(
     {"primary", "canary", "shadow", "sticky_header", "max_batch_size", "max_wait_ms", "rollout"}
 )
@@ -149,7 +149,7 @@ def _model(name: str, table: Mapping[str, Any]) -> ModelConfig:
         raise ConfigError(f"{prefix}.shadow", f"must be a list of versions, got {shadow!r}")
     shadows = tuple(_int(f"{prefix}.shadow", v, minimum=1) for v in shadow)
     sticky = table.get("sticky_header")
-    if sticky is not None and (not isinstance(sticky, str) or not _HEADER_RE.match(sticky)):
+    if sticky is not None and (not isinstance(sticky, str) or not _HEADER_RE.fullmatch(sticky)):
         raise ConfigError(f"{prefix}.sticky_header", f"must be an HTTP header name, got {sticky!r}")
     batch = table.get("max_batch_size")
     wait = table.get("max_wait_ms")

@@ -45,7 +45,7 @@ NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
 }
 _MAX_ID = 256
 # An id travels back in the x-request-id header: printable ASCII, no leading or trailing space.
-_ID_RE = re.compile(r"^[!-~](?:[ -~]{0,254}[!-~])?$")
+_ID_RE = re.compile(r"[!-~](?:[ -~]{0,254}[!-~])?")
 # Beyond this a feature value is a unit or encoding mistake, and models overflow on it.
 MAX_ABS_VALUE = 1e100
 _RANGE = f"values must be finite and within ±{MAX_ABS_VALUE:g} (infinity is not accepted)"
@@ -79,7 +79,7 @@ def _request_id(body: Mapping[str, Any]) -> str:
     rid = body.get("id")
     if rid is None:
         return new_request_id()
-    if not isinstance(rid, str) or not _ID_RE.match(rid):
+    if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
         raise InvalidInput(
             f"id must be 1 to {_MAX_ID} printable ASCII characters (it is echoed in x-request-id)"
         )
