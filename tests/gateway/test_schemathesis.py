@@ -6,6 +6,7 @@ Each spec runs twice: once with the path parameters set to the model and version
 really has (and the admin token sent), so that the generated headers and bodies reach the
 parsers, and once with everything left as generated (unicode, traversal, junk). The checks are only "no 5xx" and "an error is JSON {"error": str}": the OIP
 spec's error schemas are not ours to match, so 4xx bodies are judged by shape, not by schema.
+The runs take about a minute together, so they are marked slow (CI runs them).
 """
 
 from __future__ import annotations
@@ -181,26 +182,31 @@ def _exercise(case: Case, served: Served, session: requests.Session, spec: str, 
     case.validate_response(response, checks=[not_a_server_error, error_is_json])
 
 
+@pytest.mark.slow
 @parametrized(OIP)
 def test_oip_spec_real_names(case: Case, served: Served, session: requests.Session) -> None:
     _exercise(case, served, session, "oip", "real")
 
 
+@pytest.mark.slow
 @parametrized(OIP)
 def test_oip_spec_free_names(case: Case, served: Served, session: requests.Session) -> None:
     _exercise(case, served, session, "oip", "free")
 
 
+@pytest.mark.slow
 @parametrized(OWN)
 def test_own_spec_real_names(case: Case, served: Served, session: requests.Session) -> None:
     _exercise(case, served, session, "own", "real")
 
 
+@pytest.mark.slow
 @parametrized(OWN)
 def test_own_spec_free_names(case: Case, served: Served, session: requests.Session) -> None:
     _exercise(case, served, session, "own", "free")
 
 
+@pytest.mark.slow
 def test_request_budget(served: Served, request: pytest.FixtureRequest) -> None:
     """At least 1,000 generated requests per spec, counted over the runs above; the gateway
     still answers a well-formed prediction after all of them."""
