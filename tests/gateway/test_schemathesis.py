@@ -53,9 +53,8 @@ PREDICT_PATHS = (
 )
 # Answers whose documented body is not an error object.
 NOT_ERRORS = {("GET", "/v2/health/ready", 503), ("POST", "/admin/reload", 422)}
-# (spec, run) -> requests sent, and those that hit a known bug (see known_bug()).
+# (spec, run) -> requests sent.
 SENT: Counter[tuple[str, str]] = Counter()
-KNOWN: Counter[str] = Counter()
 
 
 def _load(path: Path, max_examples: int) -> Any:
@@ -87,16 +86,6 @@ def _use_real_names(case: Case, n: int) -> None:
     for name in ("MODEL_VERSION", "version"):
         if f"{{{name}}}" in case.operation.path:
             case.path_parameters[name] = str(VERSIONS[n % len(VERSIONS)])
-
-
-def known_bug(case: Case) -> str | None:
-    """The xfail test in test_properties.py that a failure on this case reproduces, if any.
-
-    Remove an entry when its bug is fixed and its xfail test flipped."""
-    rid = case.body.get("id") if isinstance(case.body, dict) else None
-    if case.operation.path.endswith("/infer") and isinstance(rid, str) and rid.endswith("\n"):
-        return "test_id_that_cannot_be_a_header_is_refused[newline]"
-    return None
 
 
 def error_is_json(ctx: Any, response: schemathesis.Response, case: Case) -> None:
@@ -161,24 +150,17 @@ def _exercise(case: Case, served: Served, session: requests.Session, spec: str, 
         _use_real_names(case, SENT[spec, run])
     admin = case.operation.path.startswith("/admin/")
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin and run == "real" else {}
-    bug = known_bug(case)
     try:
         response = case.call(base_url=served.url, session=session, headers=headers, timeout=30)
     except requests.ConnectionError:
         _settle(served, session)
-        if bug is None:
-            raise
-        KNOWN[bug] += 1
-        return
+        raise
     finally:
         SENT[spec, run] += 1
         if admin and run == "real":
             _restore(served, session)
     if response.status_code >= 500:
         _settle(served, session)
-        if bug is not None:
-            KNOWN[bug] += 1
-            return
     case.validate_response(response, checks=[not_a_server_error, error_is_json])
 
 
@@ -219,7 +201,7 @@ def test_request_budget(served: Served, request: pytest.FixtureRequest) -> None:
     }
     if not runs <= ran:
         pytest.fail("the request budget is counted over the whole module: run all of it")
-    print(f"requests sent: {dict(SENT)}; 500s on known bugs: {dict(KNOWN)}")
+    print(f"requests sent: {dict(SENT)}")
     assert SENT["oip", "real"] + SENT["oip", "free"] >= MIN_REQUESTS
     assert SENT["own", "real"] + SENT["own", "free"] >= MIN_REQUESTS
     row = {"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [0.5] * 20}
