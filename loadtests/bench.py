@@ -145,9 +145,8 @@ def _header(
 ) -> list[str]:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"Run of {when}, {took / 60:.1f} min: `python -m loadtests.bench "
-        + " ".join(sys.argv[1:])
-        + "`",
+        f"Run of {when}, {took / 60:.1f} min: "
+        + f"`{' '.join(['python -m loadtests.bench', *sys.argv[1:]])}`",
         "",
         f"- Machine: {_machine()}; shared with other users (see the last columns).",
         f"- Versions: {', '.join(_versions())}.",
