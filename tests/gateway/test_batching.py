@@ -218,9 +218,9 @@ def test_stuck_model_times_out_and_never_blocks_the_loop(base: Path) -> None:
             health, other, status, text = asyncio.run(scenario())
     finally:
         _blockers.reset()
-    assert (health, other, status) == (200, 200, 500)
+    assert (health, other, status) == (200, 200, 504)
     assert orjson.loads(text) == {
-        "error": "model gated v1 failed to predict: TimeoutError: no answer within 0.3 s"
+        "error": "model gated v1 did not answer in time: no answer within 0.3 s (predict_timeout)"
     }
 
 
