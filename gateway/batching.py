@@ -20,8 +20,9 @@ throughput (loadtests/RESULTS.md), which is why the unbatched path predicts inli
 the hop is paid once for up to `max_batch_size` requests, and it keeps the event loop free while
 a slow or stuck model runs: health probes and load shedding still answer, the next batch
 gathers meanwhile, and a batch that outlives `timeout_s` fails its requests instead of hanging
-them. A request whose caller went away (its future is cancelled) is left out of the batch; a
-batch that raises fails only its own requests.
+them. A request whose caller went away (its future is cancelled) is left out of the batch. A
+batch that raises is predicted again request by request, so only the request whose rows the
+model refuses gets the error (a model that raises for everything fails each request once more).
 """
 
 from __future__ import annotations
