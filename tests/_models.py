@@ -36,38 +36,23 @@ def write_csv(path: Path, X: np.ndarray, y: np.ndarray, features: list[str] | No
     return path
 
 
+def push(registry: Path, name: str, artifact: Path, data: Path) -> int:
+    """Push one artifact with the real CLI (target column "label"); returns the new version."""
+    folder = registry / name
+    before = {int(p.name) for p in folder.iterdir()} if folder.exists() else set()
+    args = ["registry", "--registry", str(registry), "push", name, "--model", str(artifact)]
+    assert gatewatch([*args, "--train-data", str(data), "--target", "label"]) == 0
+    return max({int(p.name) for p in folder.iterdir()} - before)
+
+
 def push_logreg(
     registry: Path, work: Path, name: str = "churn", seed: int = 0, C: float = 1.0
 ) -> int:
     """Train a LogisticRegression on 20 features and push it with the real CLI; returns the version."""
     X, y = make_data(seed=seed)
-    model = LogisticRegression(C=C, max_iter=500).fit(X, y)
     artifact = work / f"{name}-{seed}-{C}.skops"
-    sio.dump(model, artifact)
-    data = write_csv(work / f"{name}-{seed}.csv", X, y)
-    before = (
-        sorted(int(p.name) for p in (registry / name).iterdir())
-        if (registry / name).exists()
-        else []
-    )
-    code = gatewatch(
-        [
-            "registry",
-            "--registry",
-            str(registry),
-            "push",
-            name,
-            "--model",
-            str(artifact),
-            "--train-data",
-            str(data),
-            "--target",
-            "label",
-        ]
-    )
-    assert code == 0
-    after = sorted(int(p.name) for p in (registry / name).iterdir())
-    return next(v for v in after if v not in before)
+    sio.dump(LogisticRegression(C=C, max_iter=500).fit(X, y), artifact)
+    return push(registry, name, artifact, write_csv(work / f"{name}-{seed}.csv", X, y))
 
 
 def push_linreg(registry: Path, work: Path, name: str = "price") -> int:
@@ -76,26 +61,7 @@ def push_linreg(registry: Path, work: Path, name: str = "price") -> int:
     y = X @ np.array([1.0, -2.0, 0.5]) + 3.0
     artifact = work / f"{name}.skops"
     sio.dump(LinearRegression().fit(X, y), artifact)
-    data = write_csv(work / f"{name}.csv", X, y)
-    assert (
-        gatewatch(
-            [
-                "registry",
-                "--registry",
-                str(registry),
-                "push",
-                name,
-                "--model",
-                str(artifact),
-                "--train-data",
-                str(data),
-                "--target",
-                "label",
-            ]
-        )
-        == 0
-    )
-    return max(int(p.name) for p in (registry / name).iterdir())
+    return push(registry, name, artifact, write_csv(work / f"{name}.csv", X, y))
 
 
 def push_gated(registry: Path, work: Path, mode: str, name: str = "churn") -> int:
@@ -108,54 +74,18 @@ def push_gated(registry: Path, work: Path, mode: str, name: str = "churn") -> in
     model = GatedClassifier(LogisticRegression(max_iter=500).fit(X, y), mode=mode).fit(X, y)
     artifact = work / f"gated-{mode}.joblib"
     joblib.dump(model, artifact)
-    data = write_csv(work / "gated.csv", X, y)
-    code = gatewatch(
-        [
-            "registry",
-            "--registry",
-            str(registry),
-            "push",
-            name,
-            "--model",
-            str(artifact),
-            "--train-data",
-            str(data),
-            "--target",
-            "label",
-        ]
-    )
-    assert code == 0
-    return max(int(p.name) for p in (registry / name).iterdir())
+    return push(registry, name, artifact, write_csv(work / "gated.csv", X, y))
 
 
 def push_flaky(
     registry: Path, work: Path, *, flip: float = 0.0, fail: float = 0.0, name: str = "churn"
 ) -> int:
     """Push a 20-feature classifier that is wrong on a share `flip` of rows and raises on a share
-    `fail` of requests while tests._blockers.ARMED is set."""
+    `fail` of requests while tests._blockers.ARMED is set (a pickle: needs allow_pickle)."""
     from tests._blockers import FlakyClassifier
 
     X, y = make_data()
-    model = FlakyClassifier(LogisticRegression(max_iter=500).fit(X, y), flip=flip, fail=fail).fit(
-        X, y
-    )
+    inner = LogisticRegression(max_iter=500).fit(X, y)
     artifact = work / f"flaky-{flip}-{fail}.joblib"
-    joblib.dump(model, artifact)
-    data = write_csv(work / "flaky.csv", X, y)
-    code = gatewatch(
-        [
-            "registry",
-            "--registry",
-            str(registry),
-            "push",
-            name,
-            "--model",
-            str(artifact),
-            "--train-data",
-            str(data),
-            "--target",
-            "label",
-        ]
-    )
-    assert code == 0
-    return max(int(p.name) for p in (registry / name).iterdir())
+    joblib.dump(FlakyClassifier(inner, flip=flip, fail=fail).fit(X, y), artifact)
+    return push(registry, name, artifact, write_csv(work / "flaky.csv", X, y))
