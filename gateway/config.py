@@ -116,7 +116,7 @@ def _listen(key: str, value: Any) -> str:
 
 def _model(name: str, table: Mapping[str, Any]) -> ModelConfig:
     prefix = f"models.{name}"
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ConfigError(prefix, f"invalid model name (must match {NAME_RE.pattern})")
     for key in table:
         if key not in MODEL_KEYS:

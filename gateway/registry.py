@@ -42,7 +42,7 @@ _VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
 def validate_name(name: str) -> str:
     """Refuse a model name before it touches the filesystem (no traversal, no odd characters)."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise RegistryError(f"invalid model name {name!r}: must match {NAME_RE.pattern}")
     return name
 
@@ -67,7 +67,7 @@ def list_models(root: str | Path) -> list[str]:
         path = _real_child(root, entry)
         if path is None or not path.is_dir():
             continue
-        if not NAME_RE.match(entry):
+        if not NAME_RE.fullmatch(entry):
             log.warning("registry: ignoring %s (not a valid model name)", path)
             continue
         names.append(entry)
@@ -86,7 +86,7 @@ def list_versions(root: str | Path, name: str) -> list[int]:
         path = _real_child(model_dir, entry)
         if path is None or not path.is_dir():
             continue
-        if not _VERSION_RE.match(entry):
+        if not _VERSION_RE.fullmatch(entry):
             log.warning("registry: ignoring %s (a version is a positive integer)", path)
             continue
         if (path / MANIFEST).is_file():
