@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,16 @@ def test_openapi_document_is_served_and_lists_every_route(server: str) -> None:
         "/v1/models/{model}/versions/{version}:predict",
     }
     assert set(doc["paths"]) == routed | predict | {"/openapi.json"}
+
+
+def test_startup_state_is_frozen_out_of_the_collector_while_serving(
+    registry: Path, tmp_path: Path
+) -> None:
+    """What is loaded at startup is not walked by full collections (they stalled the loop ~100
+    ms under load); the freeze is undone when the app stops."""
+    gc.unfreeze()
+    with run_server(create_app(_config(registry, tmp_path))) as url:
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        frozen = gc.get_freeze_count()
+    assert frozen > 10_000, "scikit-learn, numpy and the models are frozen"
+    assert gc.get_freeze_count() == 0
