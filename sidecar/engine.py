@@ -28,7 +28,7 @@ from typing import Any
 
 from gateway.errors import RegistryError
 from gateway.registry import read_manifest
-from sidecar._stores import Dedup, Store, frozen
+from sidecar._stores import Dedup, Store, frozen, record_key
 from sidecar._versions import Buffer, VersionMonitors, is_number
 from sidecar.config import SidecarConfig
 
@@ -103,6 +103,26 @@ _STATE_FIELDS = (
 )
 
 
+def _key(record: Mapping[str, Any]) -> bytes | None:
+    """The de-dup key of a well-formed record; None for a malformed one (counted invalid)."""
+    kind, rid, ts = record.get("kind"), record.get("id"), record.get("ts")
+    if type(rid) is not str or not is_number(ts):
+        return None
+    if kind == "feedback":
+        return None if record.get("label") is None else record_key(rid, "feedback", 0)
+    if kind is not None and kind != "prediction":
+        return None
+    name, number, role = record.get("model"), record.get("version"), record.get("role")
+    if (
+        type(name) is not str
+        or type(number) is not int
+        or role not in _ROLES
+        or type(record.get("status", 200)) is not int
+    ):
+        return None
+    return record_key(rid, role, number)
+
+
 class Engine:
     """Per-model, per-version monitors fed from prediction-log records; see the module doc."""
 
@@ -150,19 +170,22 @@ class Engine:
 
     def process(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Count and monitor records in log order; malformed ones are counted as invalid."""
+        records = records if isinstance(records, list) else list(records)
+        keys = [_key(record) for record in records]
         buffers: dict[VersionMonitors, Buffer] = {}
-        for record in records:
-            kind = record.get("kind")
-            if kind is None or kind == "prediction":
-                self._on_prediction(record, buffers)
-            elif kind == "feedback":
+        for record, key, new in zip(records, keys, self._dedup.admit(keys), strict=True):
+            if key is None:
+                self._invalid += 1
+            elif not new:
+                self._seen_again(key)
+            elif record.get("kind") == "feedback":
                 self._on_feedback(record)
             else:
-                self._invalid += 1
+                self._on_prediction(record, buffers)
         for version, buffer in buffers.items():
             version.flush(buffer)
 
-    def _seen_again(self, key: tuple[str, str, int]) -> None:
+    def _seen_again(self, key: bytes) -> None:
         # Redeliveries after a restart are not in the status: an uninterrupted run has none.
         if self._dedup.redelivered(key):
             self.redelivered += 1
@@ -189,22 +212,9 @@ class Engine:
     def _on_prediction(
         self, record: Mapping[str, Any], buffers: dict[VersionMonitors, Buffer]
     ) -> None:
-        rid, ts = record.get("id"), record.get("ts")
-        name, number, role = record.get("model"), record.get("version"), record.get("role")
+        rid, ts = record["id"], record["ts"]
+        name, number, role = record["model"], record["version"], record["role"]
         status = record.get("status", 200)
-        if (
-            type(rid) is not str
-            or not is_number(ts)
-            or type(name) is not str
-            or type(number) is not int
-            or role not in _ROLES
-            or type(status) is not int
-        ):
-            self._invalid += 1
-            return
-        if not self._dedup.add((rid, role, number)):
-            self._seen_again((rid, role, number))
-            return
         self._records += 1
         ts = float(ts)
         self._advance(ts)
@@ -283,13 +293,7 @@ class Engine:
             shadow.agreement.update(a, b)
 
     def _on_feedback(self, record: Mapping[str, Any]) -> None:
-        rid, ts, label = record.get("id"), record.get("ts"), record.get("label")
-        if type(rid) is not str or not is_number(ts) or label is None:
-            self._invalid += 1
-            return
-        if not self._dedup.add((rid, "feedback", 0)):
-            self._seen_again((rid, "feedback", 0))
-            return
+        rid, ts, label = record["id"], record["ts"], record["label"]
         self._feedback += 1
         ts = float(ts)
         self._advance(ts)

@@ -372,7 +372,8 @@ def test_overview_and_model_page_show_the_status(sidecar: str, browser: Browser)
         assert page.text_content("#drift-table tr.selected td") in drifting
         page.click('#drift-table tr[data-feature="f0"]')
         page.wait_for_selector('#drift-table tr.selected[data-feature="f0"]')
-        assert "f0, v1" in page.text_content("#histogram-title")
+        # The histogram is fetched after the click: wait for it rather than race it.
+        page.wait_for_selector("#histogram-title:has-text('f0, v1')")
         screenshot(page, "dashboard-model.png")
 
         page.select_option("#drift-version", "3")
