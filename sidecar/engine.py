@@ -8,7 +8,7 @@ a checkpoint reproduce exactly the figures of an uninterrupted run.
 
 Bounded memory, all measured in records, never in wall-clock time:
 
-* De-duplication remembers the keys ``(id, role, version)`` of the last ``DEDUP_WINDOW`` records
+* De-duplication remembers hashes of ``(id, role, version)`` of the last ``DEDUP_WINDOW`` records
   plus every record processed since the previous checkpoint (a reader redelivers at most those;
   see ``mark_checkpoint``), capped at ``sidecar._stores.MAX_UNCHECKPOINTED``.
 * The label join keeps a prediction waiting for its label (and a label waiting for its
