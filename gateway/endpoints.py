@@ -6,6 +6,7 @@ ordinary Starlette routes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -184,6 +185,7 @@ async def _infer(
     gw: Gateway, name: str, version: int | None, headers: _Headers, receive: Receive, send: Send
 ) -> None:
     """POST /v2/models/{model}[/versions/{version}]/infer (Open Inference Protocol)."""
+    started = time.perf_counter()
     model, route = gw.choose(name, version, headers)
     features, allow_nan = _schema(model)
     try:
@@ -210,7 +212,7 @@ async def _infer(
     content_type = extra.pop("content-type").encode()
     raw = [(k.encode(), v.encode()) for k, v in extra.items()]
     raw += _answer_raw_headers(parsed.id, model, route)
-    gw.count_answer(model, route)
+    gw.count_answer(model, route, started)
     await _answer(send, 200, content, content_type, raw)
     # After the answer is sent, like a background task: shadows never delay the caller.
     gw.mirror(name, parsed.X, parsed.id)
@@ -220,6 +222,7 @@ async def _predict_v1(
     gw: Gateway, name: str, version: int | None, headers: _Headers, receive: Receive, send: Send
 ) -> None:
     """POST /v1/models/{model}[/versions/{version}]:predict (KServe V1 `instances`)."""
+    started = time.perf_counter()
     model, route = gw.choose(name, version, headers)
     features, allow_nan = _schema(model)
     request_id = headers.get("x-request-id") or new_request_id()
@@ -230,7 +233,7 @@ async def _predict_v1(
         gw.log_refusal(model, route, request_id, exc.status_code, exc.message)
         raise
     outcome = await gw.infer(model, route, X, request_id)
-    gw.count_answer(model, route)
+    gw.count_answer(model, route, started)
     content = render_v1(outcome.prediction.labels)
     await _answer(send, 200, content, JSON.encode(), _answer_raw_headers(request_id, model, route))
     gw.mirror(name, X, request_id)

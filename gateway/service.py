@@ -105,8 +105,9 @@ class Gateway:
         self.watch_interval = 0.5
         self._batchers: dict[tuple[str, int], Batcher] = {}
         # prometheus_client's labels() takes a lock and builds a key on every call; the
-        # children of the per-request counter are looked up once per (model, version, route).
-        self._answered: dict[tuple[str, int, str], Any] = {}
+        # children of the per-request counter and histogram are looked up once per (model,
+        # version, route).
+        self._answered: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._batches = Counter(
             "gatewatch_batches",
             "Batched predict calls by result (ok | error)",
@@ -215,14 +216,21 @@ class Gateway:
             f"model {name} v{model.version} failed to predict: {type(exc).__name__}: {exc}"
         )
 
-    def count_answer(self, model: Model, route: Route) -> None:
-        """One more answered prediction in gatewatch_requests_total."""
+    def count_answer(self, model: Model, route: Route, started: float) -> None:
+        """One more answered prediction in gatewatch_requests_total, and the time since
+        ``started`` (``time.perf_counter()`` when the request arrived) in
+        gatewatch_request_latency_seconds."""
         key = (model.name, model.version, route)
-        child = self._answered.get(key)
-        if child is None:
-            child = self.metrics.requests.labels(model.name, str(model.version), route, "200")
-            self._answered[key] = child
-        child.inc()
+        children = self._answered.get(key)
+        if children is None:
+            version = str(model.version)
+            children = (
+                self.metrics.requests.labels(model.name, version, route, "200"),
+                self.metrics.latency.labels(model.name, version),
+            )
+            self._answered[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def batch_settings(self, name: str) -> BatchSettings | None:
         """How `name`'s batches close under the current config; None when batching is off."""

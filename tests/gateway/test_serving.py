@@ -157,6 +157,7 @@ def test_server_metadata_and_metrics(server: str) -> None:
         'gatewatch_requests_total{model="churn",route="primary",status="200",version="2"} 1.0'
         in text
     )
+    assert 'gatewatch_request_latency_seconds_count{model="churn",version="2"} 1.0' in text
     assert "gatewatch_model_load_failures_total" in text
     assert "gatewatch_in_flight" in text
     assert "gatewatch_predlog_dropped_total 0.0" in text

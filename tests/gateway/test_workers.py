@@ -119,6 +119,7 @@ def test_two_workers_batch_route_mirror_and_log_every_request(tmp_path: Path) ->
     assert all(r["version"] == 3 and r["status"] == 200 for r in shadows)
 
     assert metric(text, "gatewatch_requests_total") == N, "summed over both workers"
+    assert metric(text, "gatewatch_request_latency_seconds_count") == N
     assert metric(text, "gatewatch_batched_requests_total") == N, "every answer was batched"
     batches = metric(text, "gatewatch_batches_total", result="ok")
     assert 0 < batches < 0.8 * N, "requests were stacked into shared predict calls"
