@@ -28,6 +28,7 @@ from gateway.protocol import (
     parse_v1,
     render_infer,
     render_v1,
+    request_id,
 )
 from gateway.service import Gateway
 
@@ -225,18 +226,22 @@ async def _predict_v1(
     started = time.perf_counter()
     model, route = gw.choose(name, version, headers)
     features, allow_nan = _schema(model)
-    request_id = headers.get("x-request-id") or new_request_id()
+    try:
+        rid = request_id(headers.get("x-request-id") or None, "x-request-id")
+    except GatewayError as exc:
+        gw.log_refusal(model, route, new_request_id(), exc.status_code, exc.message)
+        raise
     try:
         body = await _read_raw_body(receive, headers, gw.config.max_body_bytes)
         X = parse_v1(body, features, max_rows=gw.config.max_batch_rows, allow_nan=allow_nan)
     except GatewayError as exc:
-        gw.log_refusal(model, route, request_id, exc.status_code, exc.message)
+        gw.log_refusal(model, route, rid, exc.status_code, exc.message)
         raise
-    outcome = await gw.infer(model, route, X, request_id)
+    outcome = await gw.infer(model, route, X, rid)
     gw.count_answer(model, route, started)
     content = render_v1(outcome.prediction.labels)
-    await _answer(send, 200, content, JSON.encode(), _answer_raw_headers(request_id, model, route))
-    gw.mirror(name, X, request_id)
+    await _answer(send, 200, content, JSON.encode(), _answer_raw_headers(rid, model, route))
+    gw.mirror(name, X, rid)
 
 
 def _route_path(scope: Scope) -> str:

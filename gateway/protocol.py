@@ -27,6 +27,7 @@ __all__ = [
     "parse_v1",
     "render_infer",
     "render_v1",
+    "request_id",
 ]
 
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
@@ -75,15 +76,21 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def _request_id(body: Mapping[str, Any]) -> str:
-    rid = body.get("id")
-    if rid is None:
+def request_id(given: Any, what: str = "id") -> str:
+    """The caller's request id if it is one we can echo in a header and join feedback on
+    (feedback ids have the same limit), a new one if none was given."""
+    if given is None:
         return new_request_id()
-    if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
+    if not isinstance(given, str) or not _ID_RE.fullmatch(given):
         raise InvalidInput(
-            f"id must be 1 to {_MAX_ID} printable ASCII characters (it is echoed in x-request-id)"
+            f"{what} must be 1 to {_MAX_ID} printable ASCII characters "
+            "(it is echoed in x-request-id)"
         )
-    return rid
+    return given
+
+
+def _request_id(body: Mapping[str, Any]) -> str:
+    return request_id(body.get("id"))
 
 
 def _shape(name: str, raw: Any) -> tuple[int, ...]:
