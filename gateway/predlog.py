@@ -53,6 +53,7 @@ __all__ = [
     "Sink",
     "decode",
     "encode",
+    "first_of_many",
     "open_reader",
     "stats",
     "tail",
@@ -244,8 +245,9 @@ def list_segments(directory: Path) -> dict[str, list[tuple[int, str]]]:
     return by_writer
 
 
-def _first_of_many(counter: int) -> bool:
-    """True for the 1st, 2nd, 4th, 8th... event: keeps a failing disk from flooding the logs."""
+def first_of_many(counter: int) -> bool:
+    """True for the 1st, 2nd, 4th, 8th... event: keeps a failing disk or model from flooding
+    the logs, while the counters keep the exact figure."""
     return counter & (counter - 1) == 0
 
 
@@ -419,7 +421,7 @@ class FileSink:
             os.fsync(self._fd)
         except OSError as exc:
             self.errors += 1
-            if _first_of_many(self.errors):
+            if first_of_many(self.errors):
                 logger.warning("prediction log: fsync failed (%d so far): %s", self.errors, exc)
         self._dirty = False
         self._last_sync = time.monotonic()
@@ -637,7 +639,7 @@ class PredictionLog:
                 lines.append(encode(record))
             except (TypeError, ValueError) as exc:
                 self._write_errors += 1
-                if _first_of_many(self._write_errors):
+                if first_of_many(self._write_errors):
                     logger.warning("prediction log: unencodable record dropped: %s", exc)
         try:
             if lines:
@@ -645,7 +647,7 @@ class PredictionLog:
             next_poll = self._sink.poll()
         except Exception as exc:
             self._write_errors += 1
-            if _first_of_many(self._write_errors):
+            if first_of_many(self._write_errors):
                 logger.warning(
                     "prediction log: batch of %d records dropped (%d write errors so far): %s",
                     len(batch),

@@ -29,7 +29,7 @@ from gateway.errors import GatewayError, InvalidInput
 from gateway.loader import build_table
 from gateway.metrics import GatewayMetrics
 from gateway.models import Model, Prediction
-from gateway.predlog import PredictionLog
+from gateway.predlog import PredictionLog, first_of_many
 from gateway.registry import list_models, list_versions
 from gateway.routing import ModelRoutes, Route, RoutingTable
 
@@ -108,6 +108,7 @@ class Gateway:
         # children of the per-request counter and histogram are looked up once per (model,
         # version, route).
         self._answered: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._failures: dict[tuple[str, int], int] = {}
         self._batches = Counter(
             "gatewatch_batches",
             "Batched predict calls by result (ok | error)",
@@ -207,7 +208,16 @@ class Gateway:
         self._log(
             model, route, request_id, X, None, latency, status, f"{type(exc).__name__}: {exc}"
         )
-        log.error("%s v%d failed to predict", name, model.version, exc_info=exc)
+        key = (name, model.version)
+        count = self._failures[key] = self._failures.get(key, 0) + 1
+        if first_of_many(count):
+            log.error(
+                "%s v%d failed to predict (%d failures so far; gatewatch_predict_errors_total)",
+                name,
+                model.version,
+                count,
+                exc_info=exc,
+            )
         if timeout:
             return PredictTimeout(
                 f"model {name} v{model.version} did not answer in time: {exc} (predict_timeout)"

@@ -59,9 +59,14 @@ def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | N
 
 @contextlib.contextmanager
 def gateway_process(
-    config: Path, port: int, extra: Sequence[str] = (), env: dict[str, str] | None = None
+    config: Path,
+    port: int,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    output: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m gateway` as a real process; yields it once /v2/health/ready answers."""
+    """`python -m gateway` as a real process; yields it once /v2/health/ready answers.
+    Its stdout and stderr go to `output` when given, else to the test's own."""
     cmd = [
         sys.executable,
         "-m",
@@ -72,7 +77,14 @@ def gateway_process(
         f"127.0.0.1:{port}",
         *extra,
     ]
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(open(output, "wb")) if output is not None else None
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc=proc)
         yield proc

@@ -55,7 +55,11 @@ def test_a_raising_request_gets_a_500_and_the_others_are_answered(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     path = config(tmp_path, registry, "batching = false")
-    with gateway_process(path, port, env=process_env()), Load(url, threads=4) as load:
+    output = tmp_path / "gateway.out"
+    with (
+        gateway_process(path, port, env=process_env(), output=output),
+        Load(url, threads=4) as load,
+    ):
         load.wait_ok(50)
         with httpx.Client(base_url=url, timeout=30) as client:
             bad = [
@@ -74,6 +78,11 @@ def test_a_raising_request_gets_a_500_and_the_others_are_answered(
     )
     assert failures(answers) == []
     assert metric(text, "gatewatch_predict_errors_total", model="churn") == 20
+    # Tracebacks of the 1st, 2nd, 4th, 8th and 16th failure only: a broken model must not
+    # flood the log at the request rate (the counter has the exact figure).
+    logged = output.read_text()
+    assert logged.count("Traceback") == 5
+    assert "churn v1 failed to predict (16 failures so far" in logged
 
 
 def send_wave(port: int, bodies: list[bytes]) -> list[int]:
