@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,12 +26,12 @@ from prometheus_client import Counter
 from gateway import audit
 from gateway.batching import Batcher, BatchSettings
 from gateway.config import GatewayConfig, load_config
-from gateway.errors import GatewayError, InvalidInput
-from gateway.loader import build_table
+from gateway.errors import GatewayError, InvalidInput, RegistryError
+from gateway.loader import LoadReport, build_table
 from gateway.metrics import GatewayMetrics
 from gateway.models import Model, Prediction
 from gateway.predlog import PredictionLog, first_of_many
-from gateway.registry import list_models, list_versions
+from gateway.registry import list_models, list_versions, version_dir
 from gateway.routing import ModelRoutes, Route, RoutingTable
 
 __all__ = ["Gateway", "Outcome", "PredictError", "PredictTimeout"]
@@ -84,6 +85,19 @@ def outputs_of(model: Model, prediction: Prediction) -> np.ndarray | list[Any]:
     return prediction.labels.reshape(-1, 1) if model.task == "regression" else []
 
 
+def _files(root: Path, name: str, version: int) -> tuple[tuple[str, int, int], ...] | None:
+    """Name, mtime and size of each file in a version's folder (None: the folder is gone)."""
+    try:
+        with os.scandir(version_dir(root, name, version)) as entries:
+            found = []
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                found.append((entry.name, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(found))
+    except (OSError, RegistryError):
+        return None
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, *, seed: int | None = None) -> None:
         self.config = config
@@ -109,6 +123,9 @@ class Gateway:
         # version, route).
         self._answered: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._failures: dict[tuple[str, int], int] = {}
+        # Versions the last load refused: the watch also follows their files, so one repaired
+        # in place (a manifest fixed, an artifact replaced) is tried again without a SIGHUP.
+        self._refused: dict[tuple[str, int], Any] = {}
         self._batches = Counter(
             "gatewatch_batches",
             "Batched predict calls by result (ok | error)",
@@ -123,7 +140,7 @@ class Gateway:
         )
 
     async def start(self) -> None:
-        table, report = await asyncio.to_thread(build_table, self.config, None)
+        table, report, self._refused = await asyncio.to_thread(self._build, self.config, None)
         for name, _version, _reason in report.refused:
             self.metrics.load_failures.labels(name).inc()
         self.table = table
@@ -296,6 +313,25 @@ class Gateway:
             except asyncio.QueueFull:
                 self.metrics.shadow_dropped.labels(name).inc()
 
+    def _build(
+        self, config: GatewayConfig, previous: RoutingTable | None
+    ) -> tuple[RoutingTable, LoadReport, dict[tuple[str, int], Any]]:
+        """``build_table``, and the files of each version it refused as they were then."""
+        table, report = build_table(config, previous)
+        refused = {(n, v): _files(config.registry, n, v) for n, v, _ in report.refused}
+        return table, report, refused
+
+    def _repaired(self) -> bool:
+        """Whether the files of a refused version changed since it was refused (or since
+        the last time this said so: one reload per change, not one per poll)."""
+        changed = False
+        for key, files in self._refused.items():
+            now = _files(self.config.registry, *key)
+            if now != files:
+                self._refused[key] = now
+                changed = True
+        return changed
+
     def _signature(self) -> tuple[Any, ...]:
         """What a reload depends on: the config file's identity and the registry's versions."""
         path = self.config.path
@@ -319,11 +355,15 @@ class Gateway:
             await asyncio.sleep(self.watch_interval)
             try:
                 now = await asyncio.to_thread(self._signature)
+                repaired = bool(self._refused) and await asyncio.to_thread(self._repaired)
             except Exception:
                 log.exception("reading the registry to watch it failed")
                 continue
-            if now != seen:
-                reason = "config file changed" if now[0] != seen[0] else "registry changed"
+            if now != seen or repaired:
+                if now[0] != seen[0]:
+                    reason = "config file changed"
+                else:
+                    reason = "registry changed" if now != seen else "a refused version changed"
                 seen = now
                 try:
                     await self.reload(reason, who="watch")
@@ -340,7 +380,7 @@ class Gateway:
         async with self._reload_lock:
             try:
                 config = load_config(self.config.path) if self.config.path else self.config
-                table, report = await asyncio.to_thread(build_table, config, self.table)
+                table, report, refused = await asyncio.to_thread(self._build, config, self.table)
             except Exception as exc:
                 error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                 self.last_reload = {
@@ -360,6 +400,7 @@ class Gateway:
             old = self.table
             self.config = config
             self.table = table
+            self._refused = refused
             retired = self._sync_batchers()
             self.last_reload = {"at": time.time(), "ok": True, "error": None, "reason": reason}
             self.metrics.mark_reload(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,7 +169,8 @@ def test_tampered_artifact_is_refused_others_serve(
 ) -> None:
     manifest = read_manifest(registry, "churn", 2)
     artifact = version_dir(registry, "churn", 2) / manifest["artifact"]
-    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    original = artifact.read_bytes()
+    artifact.write_bytes(original + b"tampered")
     with (
         caplog.at_level("ERROR", logger="gatewatch.loader"),
         run_server(create_app(_config(registry, tmp_path))) as url,
@@ -186,6 +188,13 @@ def test_tampered_artifact_is_refused_others_serve(
         assert "not loaded" in r.json()["error"]
         text = httpx.get(f"{url}/metrics").text
         assert 'gatewatch_model_load_failures_total{model="churn"} 1.0' in text
+        # Repaired in place (same version folder): the watch follows a refused version's
+        # files, so it is tried again without a SIGHUP.
+        artifact.write_bytes(original)
+        deadline = time.monotonic() + 30
+        while httpx.post(f"{url}/v2/models/churn/versions/2/infer", json=body).status_code != 200:
+            assert time.monotonic() < deadline, "the repaired version was never loaded"
+            time.sleep(0.1)
     assert any("does not match the manifest" in rec.getMessage() for rec in caplog.records)
 
 
