@@ -52,7 +52,11 @@ async def reload(request: Request) -> Response:
     who = authorize(request)
     gw = _gw(request)
     ok = await gw.reload("POST /admin/reload", who=f"admin:{who}")
-    return json_response(gw.status(), status=200 if ok else 422)
+    if ok:
+        return json_response(gw.status())
+    # Like every other refusal, an "error" that says why; the state shows what keeps serving.
+    error = f"reload refused, the last good config keeps serving: {gw.last_reload['error']}"
+    return json_response({"error": error, **gw.status()}, status=422)
 
 
 async def put_routing(request: Request) -> Response:

@@ -272,7 +272,8 @@ def test_invalid_config_is_refused_and_last_good_serves(
             config.write_text(text)
         r = httpx.post(f"{url}/admin/reload", headers=AUTH)
         assert r.status_code == 422
-        assert message in r.json()["last_reload"]["error"]
+        assert r.json()["error"].startswith("reload refused, the last good config keeps serving")
+        assert message in r.json()["error"] and message in r.json()["last_reload"]["error"]
         status = httpx.get(f"{url}/admin/status", headers=AUTH).json()
         assert status["last_reload"]["ok"] is False and message in status["last_reload"]["error"]
         answer = httpx.post(f"{url}/v2/models/churn/infer", json=ROW)
