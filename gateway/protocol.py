@@ -256,9 +256,9 @@ def parse_infer(
     binary_output = params.get("binary_data_output", False) is True
     outputs = body.get("outputs")
     wanted: list[tuple[str, bool]] | None = None
-    if outputs is not None:
-        if not isinstance(outputs, list):
-            raise InvalidInput("'outputs' must be a list of {name} objects")
+    if outputs is not None and not isinstance(outputs, list):
+        raise InvalidInput("'outputs' must be a list of {name} objects")
+    if outputs:  # an empty list names no output in particular: every one, as when left out
         wanted = []
         for out in outputs:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):

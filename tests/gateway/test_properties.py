@@ -267,13 +267,16 @@ def v1_requests(draw: st.DrawFn) -> Sent:
         broken = True
     broken = _break(draw, body, ["instances"]) or broken
     headers = {}
+    ok_id = True
     if draw(st.booleans()):
         # Bytes: httpx would encode a str header as ASCII; HTTP carries latin-1.
-        text = draw(st.text(SAFE_CHARS, min_size=1, max_size=300))
-        headers["x-request-id"] = text.strip(" \t").encode("latin-1")
+        ids = st.from_regex(ID_RE, fullmatch=True) | st.text(SAFE_CHARS, min_size=1, max_size=300)
+        text = draw(ids).strip(" \t")
+        headers["x-request-id"] = text.encode("latin-1")
+        ok_id = not text or ID_RE.fullmatch(text) is not None
     version = draw(st.sampled_from([None, "1"]))
     path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
-    well_formed = clean and not broken and 0 < len(X) <= MAX_ROWS
+    well_formed = clean and not broken and 0 < len(X) <= MAX_ROWS and ok_id
     return Sent(path, dump(body), headers, model, len(X), well_formed)
 
 
@@ -429,7 +432,6 @@ def assert_infer_answer(r: httpx.Response, sent: Sent) -> None:
     assert raw_header(r, b"x-request-id") == header["id"].encode("latin-1").strip(b" \t")
     if sent.well_formed and sent.request_id is not None:
         assert header["id"] == sent.request_id
-    # `"outputs": []` asks for no output, and gets none.
     rows = {o["shape"][0] for o in header["outputs"]}
     assert len(rows) <= 1
     if sent.well_formed and header["outputs"]:

@@ -145,6 +145,14 @@ def test_regression_model(server: str) -> None:
     assert out[0]["data"] == pytest.approx([2.5])
 
 
+def test_an_empty_outputs_list_answers_every_output(server: str) -> None:
+    """As when `outputs` is left out (the protocol: "if not specified, all outputs")."""
+    row = {"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [0.0] * 20}
+    for body in ({"inputs": [row]}, {"inputs": [row], "outputs": []}):
+        answer = httpx.post(f"{server}/v2/models/churn/infer", json=body).json()
+        assert [o["name"] for o in answer["outputs"]] == ["predict", "predict_proba"]
+
+
 def test_server_metadata_and_metrics(server: str) -> None:
     assert httpx.get(f"{server}/v2").json()["name"] == "gatewatch"
     assert httpx.get(f"{server}/v2/health/live").json() == {"live": True}
