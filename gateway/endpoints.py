@@ -226,16 +226,13 @@ async def _predict_v1(
     started = time.perf_counter()
     model, route = gw.choose(name, version, headers)
     features, allow_nan = _schema(model)
+    rid: str | None = None
     try:
         rid = request_id(headers.get("x-request-id") or None, "x-request-id")
-    except GatewayError as exc:
-        gw.log_refusal(model, route, new_request_id(), exc.status_code, exc.message)
-        raise
-    try:
         body = await _read_raw_body(receive, headers, gw.config.max_body_bytes)
         X = parse_v1(body, features, max_rows=gw.config.max_batch_rows, allow_nan=allow_nan)
     except GatewayError as exc:
-        gw.log_refusal(model, route, rid, exc.status_code, exc.message)
+        gw.log_refusal(model, route, rid or new_request_id(), exc.status_code, exc.message)
         raise
     outcome = await gw.infer(model, route, X, rid)
     gw.count_answer(model, route, started)

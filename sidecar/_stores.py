@@ -131,7 +131,7 @@ class Dedup:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["window"])  # type: ignore[misc]
+        Dedup.__init__(self, state["window"])
         if "ring" in state:
             ring = np.frombuffer(state["ring"], dtype=_KEY)
         else:  # a checkpoint written before keys were hashed: a list of (id, role, version)

@@ -25,10 +25,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.predlog import LogConfig, iter_records
-from tests._server import wait_http
+from tests._server import metric, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 20
@@ -200,16 +199,6 @@ def ok_ids(answers: list[Answer]) -> set[str]:
 
 def failures(answers: list[Answer]) -> list[Answer]:
     return [a for a in answers if a.status != 200]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels`` (0 if none)."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def predlog_counters(url: str) -> dict[str, float]:

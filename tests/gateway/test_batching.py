@@ -28,7 +28,7 @@ from gateway.models import Prediction
 from gateway.predlog import decode
 from tests import _blockers
 from tests._models import make_data, push_gated, push_logreg, write_csv
-from tests._server import run_server
+from tests._server import metric, run_server
 
 JSON = {"content-type": "application/json"}
 
@@ -67,16 +67,6 @@ def records(logdir: Path) -> list[dict[str, Any]]:
     for path in sorted(logdir.glob("predlog-*.jsonl")):
         out += [decode(line) for line in path.read_bytes().splitlines() if line]
     return out
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def body(i: int, rows: np.ndarray) -> bytes:

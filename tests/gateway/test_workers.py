@@ -18,8 +18,8 @@ import numpy as np
 import orjson
 
 from tests._models import push_logreg
-from tests._server import free_port, gateway_process
-from tests.gateway.test_batching import metric, records
+from tests._server import free_port, gateway_process, metric
+from tests.gateway.test_batching import records
 
 N = 1500
 WIDTH = 48
